@@ -1,0 +1,33 @@
+"""ibmd_jax: diffusion bridge models and Inverse Bridge Matching Distillation in JAX."""
+import setuptools
+
+setuptools.setup(
+    name="ibmd_jax",
+    version="0.1.0",
+    description="Diffusion bridge models and IBMD distillation in JAX/Flax",
+    packages=setuptools.find_packages(include=["ibmd_jax", "ibmd_jax.*", "configs", "launch"]),
+    python_requires=">=3.11",
+    # Ranges, not pins: CPU machines run jax 0.10 on CPython 3.11, the GPU hosts jax 0.11 on 3.12.
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "chex>=0.1.88",
+        "grain>=0.2.10",
+        "ml-collections>=0.1.1",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "pillow>=10.0",
+    ],
+    extras_require={
+        # TFDS is only needed for the TFDS data sources (imagenet2012 etc.).
+        "tfds": ["tensorflow-datasets>=4.9"],
+        # scikit-image / scikit-learn ship the real photographs used by the image demo and the
+        # quality benchmark, and scikit-image is the reference for PSNR/SSIM in the tests.
+        "images": ["scikit-image>=0.22", "scikit-learn>=1.3"],
+        "test": ["pytest>=8", "scikit-image>=0.22", "scikit-learn>=1.3", "tensorflow-datasets>=4.9"],
+        # PyTorch is only used to read .pt checkpoints and for parity tests; never at run time.
+        "torch": ["torch>=2.0"],
+    },
+)
