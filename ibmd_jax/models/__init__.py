@@ -18,3 +18,26 @@ Every network is a flax.linen Module used as a pure function over a parameter py
 Because the first layer infers its input width, the same module class serves teacher, critic and
 generator; only the inputs differ.
 """
+
+
+def build_model(cfg):
+  """Builds a network module from a config dict: {'name': 'mlp'|'unet', **module fields}."""
+  import dataclasses as _dc
+
+  import jax.numpy as _jnp
+
+  cfg = dict(cfg)
+  name = cfg.pop("name", None)
+  if name == "mlp":
+    from ibmd_jax.models.mlp import MLP as cls
+  elif name == "unet":
+    from ibmd_jax.models.unet import UNet as cls
+  else:
+    raise ValueError(f"model.name must be 'mlp' or 'unet', got {name!r}")
+  if isinstance(cfg.get("dtype"), str):
+    cfg["dtype"] = getattr(_jnp, cfg["dtype"])
+  fields = {f.name for f in _dc.fields(cls)} - {"parent", "name"}
+  unknown = sorted(set(cfg) - fields)
+  if unknown:
+    raise ValueError(f"unknown {name} option(s) {unknown}; valid options: {sorted(fields)}")
+  return cls(**cfg)
