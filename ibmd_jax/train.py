@@ -1,0 +1,287 @@
+"""Run modes: teacher training, IBMD distillation, evaluation, and the whole pipeline.
+
+`run(config, workdir)` is what the launcher and Colab call. A run directory holds
+  config.json            the resolved config
+  metrics.jsonl          one JSON object per logged step ({"mode", "step", ...})
+  teacher/               the teacher checkpoint (Orbax + teacher.json)
+  checkpoints/           distillation states (generator, critic, EMA, optimisers, step)
+  eval/metrics.json      evaluation numbers, eval/report.md the table
+Resume is automatic: a distillation restarted on the same workdir continues from its last
+checkpoint; a teacher already in <workdir>/teacher is reused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from ibmd_jax import checkpoint as ckpt
+from ibmd_jax import ibmd as ibmd_lib
+from ibmd_jax import teacher as teacher_lib
+from ibmd_jax import toy
+from ibmd_jax.bridges import Bridge
+from ibmd_jax.denoiser import NetDenoiser, widen_like
+from ibmd_jax.models import build_model
+from ibmd_jax.optim import make_optimizer
+from ibmd_jax.samplers import make_sampler
+
+MODES = ("teacher", "distill", "eval", "pipeline")
+
+
+# ---------------------------------------------------------------------- run bookkeeping
+class MetricWriter:
+  """Appends JSON lines to <workdir>/metrics.jsonl (process 0 only) and logs a progress line."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.active = jax.process_index() == 0
+
+  def write(self, mode: str, step: int, metrics: dict, echo: bool = True):
+    row = {"mode": mode, "step": int(step)}
+    row.update({k: float(v) for k, v in metrics.items()})
+    for k, v in row.items():
+      if isinstance(v, float) and not np.isfinite(v):
+        raise FloatingPointError(f"{mode} step {step}: {k} is {v}; lower the learning rate or "
+                                 "enable gradient clipping (optimizer.grad_clip)")
+    if self.active:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if echo and self.active:
+      print(f"[{mode}] step {step}: " + " ".join(
+          f"{k}={v:.4g}" for k, v in row.items() if k not in ("mode", "step")), flush=True)
+
+
+def save_config(config, workdir: str):
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2) if hasattr(config, "to_json_best_effort")
+              else json.dumps(dict(config), indent=2, default=str))
+
+
+# ---------------------------------------------------------------------- problems
+@dataclasses.dataclass(frozen=True, eq=False)
+class ToyProblem:
+  """A toy coupling with its bridge, network denoiser and exact teacher."""
+
+  gmm: toy.JointGMM
+  bridge: Bridge
+  conditional: bool
+  net: NetDenoiser
+  exact: Callable
+
+  def sample_pairs(self, key, n):
+    x0, xT, _ = self.gmm.sample(key, n)
+    return {"x0": x0, "xT": xT}
+
+  def sample_xT(self, key, n):
+    return self.gmm.sample_xT(key, n)
+
+
+def make_problem(config) -> ToyProblem:
+  if config.data.kind != "toy":
+    raise ValueError(f"data.kind {config.data.kind!r} is not supported by this driver; use 'toy'")
+  gmm = toy.make_coupling(config.data.coupling, int(config.data.dim))
+  bridge = Bridge.from_config(config.bridge)
+  module = build_model(config.model)
+  net = NetDenoiser(bridge, module, conditional=bool(config.conditional))
+  return ToyProblem(gmm, bridge, bool(config.conditional), net,
+                    toy.exact_predictor(gmm, bridge, bool(config.conditional)))
+
+
+# ---------------------------------------------------------------------- teacher
+def teacher_meta(config) -> dict:
+  return {"model": dict(config.model), "bridge": dict(config.bridge),
+          "conditional": bool(config.conditional), "data": dict(config.data),
+          "source": "ibmd_jax teacher mode"}
+
+
+def train_teacher(config, workdir: str, problem: ToyProblem, writer: MetricWriter):
+  """Bridge matching on pairs from the coupling; returns the EMA parameters."""
+  tc = config.teacher
+  key = jax.random.key(config.seed)
+  dim = problem.gmm.dim
+  params = problem.net.init(jax.random.fold_in(key, 0), jnp.zeros((2, dim)))
+  tx = make_optimizer(tc.optimizer)
+  state = teacher_lib.init_state(params, tx)
+  step_fn = jax.jit(teacher_lib.make_train_step(problem.net, problem.bridge, tx, tc.ema),
+                    donate_argnums=0)
+  t0 = time.time()
+  for i in range(int(tc.steps)):
+    k = jax.random.fold_in(jax.random.fold_in(key, 1), i)
+    batch = problem.sample_pairs(jax.random.fold_in(k, 0), int(tc.batch_size))
+    state, m = step_fn(state, batch, k)
+    if (i + 1) % config.log_every == 0 or i + 1 == tc.steps:
+      writer.write("teacher", i + 1, {**m, "steps_per_s": (i + 1) / (time.time() - t0)})
+  ckpt.save_teacher(os.path.join(workdir, "teacher"), state.ema, teacher_meta(config))
+  return jax.device_get(state.ema)
+
+
+def get_teacher(config, workdir: str, problem: ToyProblem, writer: MetricWriter, train: bool):
+  """The teacher's network parameters: from teacher.checkpoint, <workdir>/teacher, or training."""
+  path = config.teacher.checkpoint or os.path.join(workdir, "teacher")
+  if config.teacher.source == "checkpoint" or os.path.exists(os.path.join(path, ckpt.TEACHER_META)):
+    params, meta = ckpt.load_teacher(path)
+    if meta.get("model") and dict(meta["model"]) != dict(config.model):
+      raise ValueError(f"the teacher in {path} was trained with model {meta['model']}, but the "
+                       f"config says {dict(config.model)}; make them agree")
+    logging.info("loaded teacher from %s", path)
+    return params
+  if not train:
+    raise FileNotFoundError(f"no teacher in {path}: run --config.mode=teacher (or pipeline) first")
+  return train_teacher(config, workdir, problem, writer)
+
+
+# ---------------------------------------------------------------------- distillation
+def make_ibmd(config, problem: ToyProblem, n_steps: Optional[int] = None) -> ibmd_lib.IBMD:
+  dc = config.distill
+  if dc.teacher not in ("exact", "network"):
+    raise ValueError(f"distill.teacher must be 'exact' or 'network', got {dc.teacher!r}")
+  return ibmd_lib.IBMD(
+      bridge=problem.bridge, teacher=problem.exact if dc.teacher == "exact" else problem.net,
+      critic=problem.net, generator=problem.net, z_channels=int(dc.z_channels),
+      n_steps=int(n_steps or dc.n_steps), multistep=dc.multistep, intermediate=dc.intermediate)
+
+
+def init_distill_state(config, problem: ToyProblem, teacher_params):
+  """Generator and critic start from the teacher; the generator's z weights start at zero."""
+  dc = config.distill
+  key = jax.random.key(config.seed + 1)
+  gen = teacher_params
+  if dc.z_channels:
+    template = problem.net.init(key, jnp.zeros((2, problem.gmm.dim)), z_channels=int(dc.z_channels))
+    gen = widen_like(teacher_params, template, key=key, new_scale=float(dc.z_init_scale))
+  gen_tx, critic_tx = make_optimizer(dc.gen_optimizer), make_optimizer(dc.critic_optimizer)
+  return ibmd_lib.init_state(gen, teacher_params, gen_tx, critic_tx), gen_tx, critic_tx
+
+
+def distill(config, workdir: str, problem: ToyProblem, teacher_params, writer: MetricWriter):
+  dc = config.distill
+  ib = make_ibmd(config, problem)
+  state, gen_tx, critic_tx = init_distill_state(config, problem, teacher_params)
+  _, _, round_step = ibmd_lib.make_steps(ib, gen_tx, critic_tx, float(dc.ema))
+  round_step = jax.jit(round_step, donate_argnums=0)
+  manager = ckpt.RunCheckpointer(os.path.join(workdir, "checkpoints"),
+                                 max_to_keep=int(config.checkpoint.keep),
+                                 save_every=int(config.checkpoint.every))
+  start, restored, _ = manager.restore_latest(jax.eval_shape(lambda: state))
+  if restored is not None:
+    state = restored
+    logging.info("resumed distillation from step %d", start)
+  key = jax.random.key(config.seed + 2)
+  n_batch = int(dc.critic_steps) + 1
+  t0, done0 = time.time(), int(state.step)
+  for r in range(int(state.step), int(dc.rounds)):
+    k = jax.random.fold_in(key, r)
+    xT = problem.sample_xT(jax.random.fold_in(k, 0), n_batch * int(dc.batch_size))
+    batches = {"xT": xT.reshape(n_batch, int(dc.batch_size), -1)}
+    state, m = round_step(state, teacher_params, batches, k)
+    step = r + 1
+    if step % config.log_every == 0 or step == dc.rounds:
+      rate = (step - done0) * int(dc.batch_size) / (time.time() - t0)
+      writer.write("distill", step, {**m, "gen_samples_per_s": rate})
+    manager.save(step, state, {"step": step})
+  manager.save(int(dc.rounds), state, {"step": int(dc.rounds)}, force=True)
+  manager.close()
+  return state
+
+
+# ---------------------------------------------------------------------- evaluation
+def _timed(fn, *args):
+  out = jax.block_until_ready(fn(*args))  # compile + warm-up
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  return out, time.perf_counter() - t0
+
+
+def evaluate(config, workdir: str, problem: ToyProblem, teacher_params, gen_params,
+             writer: MetricWriter) -> dict:
+  """Energy distances to the true conditional (or marginal) for teacher NFEs and student steps."""
+  ec = config.eval
+  key = jax.random.key(config.seed + 3)
+  n, c = int(ec.samples_per_condition), int(ec.num_conditions)
+  gmm = problem.gmm
+  if problem.conditional:
+    xT = gmm.sample_xT(jax.random.fold_in(key, 0), c)
+    truth, _ = gmm.sample_x0_given_xT(jax.random.fold_in(key, 1), xT, n)
+    truth2, _ = gmm.sample_x0_given_xT(jax.random.fold_in(key, 2), xT, n)
+    xT_rep = jnp.broadcast_to(xT, (n,) + xT.shape).reshape(n * c, -1)
+    dist = lambda s: float(toy.conditional_energy_distance(s.reshape(n, c, -1), truth))
+    floor = float(toy.conditional_energy_distance(truth2, truth))
+  else:  # unconditional: outputs over p(xT) against the data marginal p(x0)
+    m = n * c // 4
+    x0, xT_rep, _ = gmm.sample(jax.random.fold_in(key, 0), m)
+    ref = gmm.sample(jax.random.fold_in(key, 1), m)[0]
+    dist = lambda s: float(toy.energy_distance(s, ref))
+    floor = float(toy.energy_distance(x0, ref))
+  results = {"noise_floor": floor, "teacher": {}, "student": {}}
+  teacher_fn = problem.exact if config.distill.teacher == "exact" else problem.net
+  for nfe in ec.teacher_nfes:
+    sampler = make_sampler(teacher_fn, problem.bridge, int(nfe))
+    out, sec = _timed(sampler, teacher_params, xT_rep, jax.random.fold_in(key, 10 + nfe))
+    results["teacher"][str(nfe)] = {"energy_distance": dist(out), "us_per_sample": 1e6 * sec / len(out)}
+  if gen_params is not None:
+    for steps in ec.student_steps:
+      if steps > int(config.distill.n_steps) * 4:
+        continue
+      ib = make_ibmd(config, problem)
+      gen = jax.jit(lambda p, x, k, s=int(steps): ib.generate(p, x, k, n_steps=s))
+      out, sec = _timed(gen, gen_params, xT_rep, jax.random.fold_in(key, 100 + steps))
+      results["student"][str(steps)] = {"energy_distance": dist(out),
+                                        "us_per_sample": 1e6 * sec / len(out)}
+  flat = {f"teacher_nfe{k}_ed": v["energy_distance"] for k, v in results["teacher"].items()}
+  flat.update({f"student_{k}step_ed": v["energy_distance"] for k, v in results["student"].items()})
+  writer.write("eval", int(config.distill.rounds), {"noise_floor": floor, **flat})
+  os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+  with open(os.path.join(workdir, "eval", "metrics.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  table = format_table(results, problem.conditional)
+  with open(os.path.join(workdir, "eval", "report.md"), "w") as f:
+    f.write(table + "\n")
+  print(table, flush=True)
+  return results
+
+
+def format_table(results: dict, conditional: bool) -> str:
+  what = "E_xT ED(samples, p(x0|xT))" if conditional else "ED(samples over p(xT), p(x0))"
+  lines = [f"| sampler | NFE | {what} | µs / sample |", "|---|---|---|---|"]
+  for k, v in results["teacher"].items():
+    lines.append(f"| teacher | {k} | {v['energy_distance']:.4f} | {v['us_per_sample']:.2f} |")
+  for k, v in results["student"].items():
+    lines.append(f"| IBMD student | {k} | {v['energy_distance']:.4f} | {v['us_per_sample']:.2f} |")
+  lines.append(f"| (two true sample sets: noise floor) | – | {results['noise_floor']:.4f} | – |")
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- entry point
+def run(config, workdir: str) -> dict:
+  if config.mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {config.mode!r}")
+  save_config(config, workdir)
+  writer = MetricWriter(workdir)
+  problem = make_problem(config)
+  out: dict[str, Any] = {}
+  teacher_params = get_teacher(config, workdir, problem, writer,
+                               train=config.mode in ("teacher", "pipeline"))
+  out["teacher"] = teacher_params
+  if config.mode in ("distill", "pipeline"):
+    out["state"] = distill(config, workdir, problem, teacher_params, writer)
+  if config.mode in ("eval", "pipeline"):
+    gen = None
+    if "state" in out:
+      gen = out["state"].gen_ema
+    elif os.path.isdir(os.path.join(workdir, "checkpoints")):
+      state, _, _ = init_distill_state(config, problem, teacher_params)
+      manager = ckpt.RunCheckpointer(os.path.join(workdir, "checkpoints"))
+      step, restored, _ = manager.restore_latest(jax.eval_shape(lambda: state))
+      manager.close()
+      gen = None if restored is None else restored.gen_ema
+    out["eval"] = evaluate(config, workdir, problem, teacher_params, gen, writer)
+  return out

@@ -1,0 +1,51 @@
+r"""ibmd_jax launcher.
+
+  python -m launch.main --config=configs/toy_cond.py --workdir=/tmp/run \
+      [--config.distill.critic_steps=1 ...]
+
+Every option of the config can be overridden with --config.<key>=<value>; an unknown key or a
+value of the wrong type stops the run before any work, naming the key.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (config, metrics, checkpoints).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax  # imported after flag parsing so that --help is fast
+
+  from ibmd_jax import train
+
+  # Orbax logs every save at INFO; keep the console to our progress lines unless asked.
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  logging.warning("JAX %s, process %d/%d, devices: %s", jax.__version__, jax.process_index(),
+               jax.process_count(), jax.devices())
+  train.run(_CONFIG.value, _WORKDIR.value)
+
+
+def run_cli():
+  """app.run, with a one-line message instead of a traceback for an unknown config key."""
+  import sys
+
+  try:
+    app.run(main)
+  except AttributeError as e:
+    overrides = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.")]
+    bad = [o for o in overrides if o.split(".")[-1] in str(e)]
+    if not bad:
+      raise
+    hint = ""
+    if "Did you mean" in str(e):
+      hint = "Did you mean" + str(e).split("Did you mean", 1)[1].rstrip("'\"")
+    sys.exit(f"error: {bad[0]} is not a key of this config. {hint}".strip())
+
+
+if __name__ == "__main__":
+  run_cli()
