@@ -7,7 +7,7 @@ from configs import toy_cond
 
 def get_config():
   c = toy_cond.get_config()
-  c.data.coupling = "paired"
+  c.data.coupling = "paired_blur"
   c.conditional = False
   c.bridge.kind = "i2sb"
   c.bridge.precond = "eps"

@@ -130,6 +130,8 @@ def make_coupling(name: str, dim: int = 2) -> JointGMM:
   'cond_uneven': as cond_modes with weights 0.4, 0.3, 0.2, 0.1 (mode-coverage in proportion).
   'paired': I2SB-style paired data: x0 from an 8-mode ring, xT = a blurred/noisy copy
       (rho = 0.8, sT = 1.5·s0, mT = 0.5·m0): the degraded domain still carries information.
+  'paired_blur': as 'paired' but more degraded (rho = 0.3, sT = 0.8): xT leaves the ring position
+      ambiguous, so one-step posterior means blur between modes (1-NFE ED ≈ 0.15 vs ≈ 0 at 100).
   """
   if name in ("cond_modes", "cond_uneven"):
     corners = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], np.float32) * 1.5
@@ -143,15 +145,17 @@ def make_coupling(name: str, dim: int = 2) -> JointGMM:
     return JointGMM(w=jnp.asarray(w, jnp.float32), m0=jnp.asarray(corners), mT=jnp.zeros((k, dim)),
                     s0=jnp.full((k,), s0, jnp.float32), sT=jnp.ones((k,), jnp.float32),
                     rho=jnp.full((k,), 0.5 / s0, jnp.float32))
-  if name == "paired":
+  if name in ("paired", "paired_blur"):
     k = 8
+    s_t, rho = (0.3, 0.8) if name == "paired" else (0.8, 0.3)
     ang = 2 * np.pi * np.arange(k) / k
     ring = np.stack([np.cos(ang), np.sin(ang)], 1).astype(np.float32) * 2.0
     if dim > 2:
       ring = np.concatenate([ring, np.zeros((k, dim - 2), np.float32)], axis=1)
     return JointGMM(w=jnp.full((k,), 1.0 / k), m0=jnp.asarray(ring), mT=jnp.asarray(0.5 * ring),
-                    s0=jnp.full((k,), 0.2), sT=jnp.full((k,), 0.3), rho=jnp.full((k,), 0.8))
-  raise ValueError(f"unknown toy coupling {name!r}; choose 'cond_modes', 'cond_uneven' or 'paired'")
+                    s0=jnp.full((k,), 0.2), sT=jnp.full((k,), s_t), rho=jnp.full((k,), rho))
+  raise ValueError(f"unknown toy coupling {name!r}; choose 'cond_modes', 'cond_uneven', 'paired' "
+                   "or 'paired_blur'")
 
 
 # ---------------------------------------------------------------------- distances
