@@ -67,6 +67,8 @@ class RunCheckpointer:
                                          item_names=("state", "meta"))
 
   def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
+    if step == self.manager.latest_step():  # already saved (periodic save at the last step)
+      return False
     return self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
 
