@@ -54,4 +54,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.samples_per_condition = 400
 
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3))
+  # Device mesh: data = -1 uses every device; fsdp > 1 splits parameters and optimizer states.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   return c

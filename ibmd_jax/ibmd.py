@@ -148,6 +148,10 @@ class IBMDState:
 
 
 def init_state(gen_params, critic_params, gen_tx, critic_tx) -> IBMDState:
+  # Own copies: generator and critic often start from the very same teacher arrays, and the
+  # round donates the state's buffers.
+  gen_params = jax.tree.map(jnp.array, gen_params)
+  critic_params = jax.tree.map(jnp.array, critic_params)
   return IBMDState(step=jnp.zeros((), jnp.int32), gen=gen_params, critic=critic_params,
                    gen_opt=gen_tx.init(gen_params), critic_opt=critic_tx.init(critic_params),
                    gen_ema=jax.tree.map(jnp.copy, gen_params))

@@ -24,6 +24,7 @@ from absl import logging
 
 from ibmd_jax import checkpoint as ckpt
 from ibmd_jax import ibmd as ibmd_lib
+from ibmd_jax import sharding as shd
 from ibmd_jax import teacher as teacher_lib
 from ibmd_jax import toy
 from ibmd_jax.bridges import Bridge
@@ -162,34 +163,91 @@ def init_distill_state(config, problem: ToyProblem, teacher_params):
   return ibmd_lib.init_state(gen, teacher_params, gen_tx, critic_tx), gen_tx, critic_tx
 
 
+def make_mesh(config):
+  mc = config.get("mesh", None)
+  return shd.make_mesh(int(mc.data), int(mc.fsdp)) if mc is not None else shd.make_mesh()
+
+
+def sharded_round(round_step, mesh, state, teacher_params):
+  """jit of the fused round with explicit in/out shardings and the state donated."""
+  state_sh = shd.state_shardings(mesh, state)
+  teacher_sh = shd.state_shardings(mesh, teacher_params)
+  rep = shd.replicated(mesh)
+  fn = jax.jit(round_step, in_shardings=(state_sh, teacher_sh, shd.batch_sharding(mesh, 1), rep),
+               out_shardings=(state_sh, rep), donate_argnums=0)
+  return fn, state_sh, teacher_sh
+
+
+def abstract_with(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      jax.eval_shape(lambda: tree), shardings)
+
+
+class StopSignal:
+  """Turns SIGTERM (preemption) into a flag the training loop checks between rounds."""
+
+  def __init__(self):
+    import signal
+
+    self.received = False
+    try:
+      self._prev = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. some notebook runners): no handler
+      self._prev = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def restore(self):
+    import signal
+
+    if self._prev is not None:
+      signal.signal(signal.SIGTERM, self._prev)
+
+
 def distill(config, workdir: str, problem: ToyProblem, teacher_params, writer: MetricWriter):
   dc = config.distill
   ib = make_ibmd(config, problem)
+  mesh = make_mesh(config)
+  shd.check_batch(mesh, int(dc.batch_size), "distill.batch_size")
   state, gen_tx, critic_tx = init_distill_state(config, problem, teacher_params)
   _, _, round_step = ibmd_lib.make_steps(ib, gen_tx, critic_tx, float(dc.ema))
-  round_step = jax.jit(round_step, donate_argnums=0)
+  round_fn, state_sh, teacher_sh = sharded_round(round_step, mesh, state, teacher_params)
   manager = ckpt.RunCheckpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=int(config.checkpoint.keep),
                                  save_every=int(config.checkpoint.every))
-  start, restored, _ = manager.restore_latest(jax.eval_shape(lambda: state))
+  start, restored, _ = manager.restore_latest(abstract_with(state, state_sh))
   if restored is not None:
     state = restored
-    logging.info("resumed distillation from step %d", start)
+    print(f"[distill] resumed from step {start}", flush=True)
+  state = jax.device_put(state, state_sh)
+  teacher_params = jax.device_put(teacher_params, teacher_sh)
   key = jax.random.key(config.seed + 2)
-  n_batch = int(dc.critic_steps) + 1
+  n_batch, bs = int(dc.critic_steps) + 1, int(dc.batch_size)
+  pi, pc = jax.process_index(), jax.process_count()
+  stop = StopSignal()
   t0, done0 = time.time(), int(state.step)
-  for r in range(int(state.step), int(dc.rounds)):
-    k = jax.random.fold_in(key, r)
-    xT = problem.sample_xT(jax.random.fold_in(k, 0), n_batch * int(dc.batch_size))
-    batches = {"xT": xT.reshape(n_batch, int(dc.batch_size), -1)}
-    state, m = round_step(state, teacher_params, batches, k)
-    step = r + 1
-    if step % config.log_every == 0 or step == dc.rounds:
-      rate = (step - done0) * int(dc.batch_size) / (time.time() - t0)
-      writer.write("distill", step, {**m, "gen_samples_per_s": rate})
-    manager.save(step, state, {"step": step})
-  manager.save(int(dc.rounds), state, {"step": int(dc.rounds)}, force=True)
-  manager.close()
+  try:
+    for r in range(int(state.step), int(dc.rounds)):
+      k = jax.random.fold_in(key, r)
+      xT = problem.sample_xT(jax.random.fold_in(k, 0), n_batch * bs).reshape(n_batch, bs, -1)
+      local = np.asarray(xT)[:, pi * bs // pc:(pi + 1) * bs // pc]  # this process's slice
+      state, m = round_fn(state, teacher_params, {"xT": shd.global_batch(mesh, local, 1)}, k)
+      step = r + 1
+      if step % config.log_every == 0 or step == dc.rounds:
+        rate = (step - done0) * bs / (time.time() - t0)
+        writer.write("distill", step, {**m, "gen_samples_per_s": rate})
+      manager.save(step, state, {"step": step})
+      if stop.received:
+        manager.save(step, state, {"step": step}, force=True)
+        manager.close()
+        print(f"[distill] SIGTERM: saved step {step}, exiting", flush=True)
+        raise SystemExit(143)
+    manager.save(int(dc.rounds), state, {"step": int(dc.rounds)}, force=True)
+  finally:
+    stop.restore()
+    manager.close()
   return state
 
 

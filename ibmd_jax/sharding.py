@@ -1,0 +1,77 @@
+"""Device mesh and sharding rules (jax.sharding; no pmap).
+
+The mesh has two axes: 'data' (batch parallelism) and 'fsdp' (parameters and optimizer state are
+split along it, the batch too). Batches are sharded along both axes on their batch dimension;
+each parameter leaf is split on its largest dimension divisible by the fsdp size (and replicated
+when small or indivisible). Teacher, generator, critic, EMA and optimizer states all follow the
+same rule, so one function gives every state's sharding.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices: Optional[list] = None) -> Mesh:
+  """A ('data', 'fsdp') mesh; data = -1 takes all remaining devices."""
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices)
+  if fsdp < 1 or n % fsdp:
+    raise ValueError(f"mesh.fsdp={fsdp} must be >= 1 and divide the {n} available devices")
+  if data == -1:
+    data = n // fsdp
+  if data * fsdp != n:
+    raise ValueError(f"mesh data={data} × fsdp={fsdp} = {data * fsdp} but {n} devices are "
+                     "available; set mesh.data=-1 to use them all")
+  return Mesh(np.asarray(devices).reshape(data, fsdp), ("data", "fsdp"))
+
+
+def param_spec(shape, fsdp_size: int, min_size: int = 2**14) -> P:
+  """Shard the largest fsdp-divisible dimension of a big leaf; replicate the rest."""
+  if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  dims = sorted(range(len(shape)), key=lambda i: -shape[i])
+  for i in dims:
+    if shape[i] % fsdp_size == 0:
+      spec = [None] * len(shape)
+      spec[i] = "fsdp"
+      return P(*spec)
+  return P()
+
+
+def state_shardings(mesh: Mesh, tree: Any) -> Any:
+  """NamedShardings for a pytree of arrays (or ShapeDtypeStructs) following param_spec."""
+  fsdp = mesh.shape["fsdp"]
+
+  def one(x):
+    shape = getattr(x, "shape", ())
+    return NamedSharding(mesh, param_spec(shape, fsdp) if len(shape) else P())
+
+  return jax.tree.map(one, tree)
+
+
+def batch_sharding(mesh: Mesh, leading: int = 0) -> NamedSharding:
+  """Shard dimension `leading` (the batch) over data × fsdp; leading axes before it replicated."""
+  return NamedSharding(mesh, P(*([None] * leading), BATCH_AXES))
+
+
+def check_batch(mesh: Mesh, batch_size: int, what: str = "batch_size"):
+  n = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch_size % n:
+    raise ValueError(f"{what}={batch_size} must be divisible by the {n} devices of the mesh "
+                     f"(data={mesh.shape['data']}, fsdp={mesh.shape['fsdp']})")
+
+
+def global_batch(mesh: Mesh, host_array, leading: int = 0):
+  """Builds a global jax.Array from this process's slice of the batch (multi-host safe)."""
+  return jax.make_array_from_process_local_data(batch_sharding(mesh, leading), np.asarray(host_array))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

@@ -1,0 +1,59 @@
+"""One IBMD round on 8 (fake CPU) devices, data- and FSDP-sharded, equals the 1-device round."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import toy_cond
+from ibmd_jax import ibmd as ibmd_lib
+from ibmd_jax import sharding as shd
+from ibmd_jax import train
+
+
+def _round(mesh_devices, data, fsdp):
+  cfg = toy_cond.get_config()
+  cfg.model.width = 256  # big enough that FSDP really splits the dense kernels
+  cfg.distill.critic_steps = 2
+  problem = train.make_problem(cfg)
+  teacher = problem.net.init(jax.random.key(0), jnp.zeros((2, 2)))
+  state, gtx, ctx = train.init_distill_state(cfg, problem, teacher)
+  ib = train.make_ibmd(cfg, problem)
+  _, _, round_step = ibmd_lib.make_steps(ib, gtx, ctx, 0.99)
+  mesh = shd.make_mesh(data, fsdp, devices=mesh_devices)
+  fn, state_sh, teacher_sh = train.sharded_round(round_step, mesh, state, teacher)
+  state = jax.device_put(state, state_sh)
+  xT = problem.sample_xT(jax.random.key(1), 3 * 64).reshape(3, 64, 2)
+  out, metrics = fn(state, jax.device_put(teacher, teacher_sh), {"xT": shd.global_batch(mesh, xT, 1)},
+                    jax.random.key(2))
+  out, metrics = fn(out, jax.device_put(teacher, teacher_sh), {"xT": shd.global_batch(mesh, xT, 1)},
+                    jax.random.key(3))
+  return out, metrics
+
+
+@pytest.mark.parametrize("data,fsdp", [(8, 1), (4, 2), (1, 8)])
+def test_sharded_round_matches_single_device(data, fsdp):
+  assert len(jax.devices()) >= 8, "tests/conftest.py requests 8 CPU devices"
+  ref_state, ref_m = _round(jax.devices()[:1], 1, 1)
+  state, m = _round(jax.devices()[:8], data, fsdp)
+  if fsdp > 1:  # the big kernels really are split
+    kern = state.gen["dense_0_a"]["kernel"]
+    assert len({str(s.index) for s in kern.addressable_shards}) == fsdp
+  for k in ("critic_loss", "gen_loss", "teacher_term", "critic_term"):
+    np.testing.assert_allclose(m[k], ref_m[k], rtol=2e-4, atol=1e-5)
+  # Adam moves a parameter by ≈ ±lr whatever its gradient's size, so an entry whose gradient is at
+  # float-rounding level can flip sign between reduction orders: allow that on a tiny fraction of
+  # entries, bounded by Adam's step (2·lr per update), and require float agreement everywhere else.
+  for tree, ref, lr, updates in ((state.gen, ref_state.gen, 1e-4, 2),
+                                 (state.critic, ref_state.critic, 1e-3, 4)):
+    a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+    b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(ref)])
+    close = np.isclose(a, b, rtol=1e-3, atol=2e-5)
+    assert close.mean() > 0.9995, close.mean()
+    assert np.abs(a - b).max() <= 2 * lr * updates
+
+
+def test_mesh_and_batch_errors_are_clear():
+  with pytest.raises(ValueError, match="fsdp=3"):
+    shd.make_mesh(-1, 3)
+  with pytest.raises(ValueError, match="divisible"):
+    shd.check_batch(shd.make_mesh(), 30, "distill.batch_size")
