@@ -19,6 +19,10 @@ setuptools.setup(
         "absl-py>=2.0",
         "numpy>=1.26",
         "pillow>=10.0",
+        # TensorBoard event files without TensorFlow (metrics are also written as JSON lines).
+        "tensorboardX>=2.6",
+        # The evaluation report's quality-vs-NFE/time plot.
+        "matplotlib>=3.7",
     ],
     extras_require={
         # TFDS is only needed for the TFDS data sources (imagenet2012 etc.).

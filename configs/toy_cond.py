@@ -56,4 +56,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3))
   # Device mesh: data = -1 uses every device; fsdp > 1 splits parameters and optimizer states.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  # jax.profiler trace of distillation rounds (start, start + steps]; start = 0 is off.
+  c.profile = ml_collections.ConfigDict(dict(start=0, steps=5))
   return c

@@ -43,6 +43,18 @@ class MetricWriter:
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.active = jax.process_index() == 0
+    self.tb = None
+    if self.active:
+      try:
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+      except ImportError:
+        logging.warning("tensorboardX is not installed: metrics go to metrics.jsonl only")
+
+  def close(self):
+    if self.tb is not None:
+      self.tb.close()
 
   def write(self, mode: str, step: int, metrics: dict, echo: bool = True):
     row = {"mode": mode, "step": int(step)}
@@ -54,6 +66,10 @@ class MetricWriter:
     if self.active:
       with open(self.path, "a") as f:
         f.write(json.dumps(row) + "\n")
+      if self.tb is not None:
+        for k, v in row.items():
+          if k not in ("mode", "step"):
+            self.tb.add_scalar(f"{mode}/{k}", v, int(step))
     if echo and self.active:
       print(f"[{mode}] step {step}: " + " ".join(
           f"{k}={v:.4g}" for k, v in row.items() if k not in ("mode", "step")), flush=True)
@@ -183,6 +199,17 @@ def abstract_with(tree, shardings):
                       jax.eval_shape(lambda: tree), shardings)
 
 
+def profile(config, workdir: str, step: int):
+  """A jax.profiler trace of rounds (profile.start, profile.start + profile.steps], if asked."""
+  pc = config.get("profile", None)
+  if pc is None or int(pc.start) <= 0 or jax.process_index() != 0:
+    return
+  if step == int(pc.start):
+    jax.profiler.start_trace(os.path.join(workdir, "profile"))
+  elif step == int(pc.start) + int(pc.steps):
+    jax.profiler.stop_trace()
+
+
 class StopSignal:
   """Turns SIGTERM (preemption) into a flag the training loop checks between rounds."""
 
@@ -235,9 +262,12 @@ def distill(config, workdir: str, problem: ToyProblem, teacher_params, writer: M
       local = np.asarray(xT)[:, pi * bs // pc:(pi + 1) * bs // pc]  # this process's slice
       state, m = round_fn(state, teacher_params, {"xT": shd.global_batch(mesh, local, 1)}, k)
       step = r + 1
+      profile(config, workdir, step)
       if step % config.log_every == 0 or step == dc.rounds:
-        rate = (step - done0) * bs / (time.time() - t0)
-        writer.write("distill", step, {**m, "gen_samples_per_s": rate})
+        elapsed = time.time() - t0
+        rate = (step - done0) * bs / elapsed
+        eta = elapsed / (step - done0) * (int(dc.rounds) - step)
+        writer.write("distill", step, {**m, "gen_samples_per_s": rate, "eta_s": eta})
       manager.save(step, state, {"step": step})
       if stop.received:
         manager.save(step, state, {"step": step}, force=True)
@@ -324,6 +354,13 @@ def run(config, workdir: str) -> dict:
     raise ValueError(f"mode must be one of {MODES}, got {config.mode!r}")
   save_config(config, workdir)
   writer = MetricWriter(workdir)
+  try:
+    return _run(config, workdir, writer)
+  finally:
+    writer.close()
+
+
+def _run(config, workdir: str, writer: MetricWriter) -> dict:
   problem = make_problem(config)
   out: dict[str, Any] = {}
   teacher_params = get_teacher(config, workdir, problem, writer,
