@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = "pipeline"  # teacher | distill | eval | pipeline (teacher -> distill -> eval)
   c.seed = 0
+  c.distributed = False  # True: jax.distributed.initialize() first (pods, multi-node GPU)
   c.log_every = 100  # steps between metric lines (teacher steps / distillation rounds)
 
   c.data = ml_collections.ConfigDict()

@@ -22,6 +22,11 @@ def main(argv):
 
   from ibmd_jax import train
 
+  if _CONFIG.value.get("distributed", False):
+    # Multi-host (TPU pod slice, multi-node GPU): must run before anything touches a device.
+    # On TPU and SLURM/Open MPI clusters the coordinator and process ids are auto-detected.
+    jax.distributed.initialize()
+
   # Orbax logs every save at INFO; keep the console to our progress lines unless asked.
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
