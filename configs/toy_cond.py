@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.teacher_nfes = (1, 2, 4, 16, 100)
+  c.eval.teachers = ("network", "exact")  # which teachers to sample: the trained net, closed form
   c.eval.student_steps = (1, 2)
   c.eval.num_conditions = 16  # held-out xT values
   c.eval.samples_per_condition = 400

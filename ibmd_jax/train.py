@@ -310,11 +310,17 @@ def evaluate(config, workdir: str, problem: ToyProblem, teacher_params, gen_para
     dist = lambda s: float(toy.energy_distance(s, ref))
     floor = float(toy.energy_distance(x0, ref))
   results = {"noise_floor": floor, "teacher": {}, "student": {}}
-  teacher_fn = problem.exact if config.distill.teacher == "exact" else problem.net
-  for nfe in ec.teacher_nfes:
-    sampler = make_sampler(teacher_fn, problem.bridge, int(nfe))
-    out, sec = _timed(sampler, teacher_params, xT_rep, jax.random.fold_in(key, 10 + nfe))
-    results["teacher"][str(nfe)] = {"energy_distance": dist(out), "us_per_sample": 1e6 * sec / len(out)}
+  for kind in ec.teachers:
+    if kind not in ("exact", "network"):
+      raise ValueError(f"eval.teachers entries must be 'exact' or 'network', got {kind!r}")
+    entry = "teacher" if kind == "network" else "exact_teacher"
+    results[entry] = {}
+    teacher_fn = problem.exact if kind == "exact" else problem.net
+    for nfe in ec.teacher_nfes:
+      sampler = make_sampler(teacher_fn, problem.bridge, int(nfe))
+      out, sec = _timed(sampler, teacher_params, xT_rep, jax.random.fold_in(key, 10 + nfe))
+      results[entry][str(nfe)] = {"energy_distance": dist(out),
+                                  "us_per_sample": 1e6 * sec / len(out)}
   if gen_params is not None:
     for steps in ec.student_steps:
       if steps > int(config.distill.n_steps) * 4:
@@ -325,23 +331,66 @@ def evaluate(config, workdir: str, problem: ToyProblem, teacher_params, gen_para
       results["student"][str(steps)] = {"energy_distance": dist(out),
                                         "us_per_sample": 1e6 * sec / len(out)}
   flat = {f"teacher_nfe{k}_ed": v["energy_distance"] for k, v in results["teacher"].items()}
+  flat.update({f"exact_teacher_nfe{k}_ed": v["energy_distance"]
+               for k, v in results.get("exact_teacher", {}).items()})
   flat.update({f"student_{k}step_ed": v["energy_distance"] for k, v in results["student"].items()})
   writer.write("eval", int(config.distill.rounds), {"noise_floor": floor, **flat})
   os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
   with open(os.path.join(workdir, "eval", "metrics.json"), "w") as f:
     json.dump(results, f, indent=2)
   table = format_table(results, problem.conditional)
+  plot = plot_quality(results, os.path.join(workdir, "eval", "quality_vs_nfe.png"),
+                      "energy distance to the true law")
   with open(os.path.join(workdir, "eval", "report.md"), "w") as f:
-    f.write(table + "\n")
+    f.write("# Evaluation\n\n" + table + "\n")
+    if plot:
+      f.write(f"\n![quality against NFE and time]({os.path.basename(plot)})\n")
   print(table, flush=True)
   return results
+
+
+def plot_quality(results: dict, path: str, ylabel: str) -> Optional[str]:
+  """Quality against NFE and against time per sample, teacher curve and student points."""
+  try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    logging.warning("matplotlib is not installed: no plot in the report")
+    return None
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+  for ax, xkey, xlabel in ((axes[0], "nfe", "network evaluations (NFE)"),
+                           (axes[1], "us_per_sample", "µs per sample")):
+    for who, style, label in (("exact_teacher", "^--", "exact teacher"), ("teacher", "o-", "teacher"),
+                              ("student", "s", "IBMD student")):
+      pts = sorted((int(k), v) for k, v in results.get(who, {}).items())
+      if not pts:
+        continue
+      xs = [k if xkey == "nfe" else v[xkey] for k, v in pts]
+      ys = [max(v["energy_distance"], 1e-5) for _, v in pts]
+      ax.plot(xs, ys, style, label=label)
+      for (k, _), x, y in zip(pts, xs, ys):
+        ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.axhline(max(abs(results["noise_floor"]), 1e-5), color="gray", ls=":", label="MC noise floor")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
 
 
 def format_table(results: dict, conditional: bool) -> str:
   what = "E_xT ED(samples, p(x0|xT))" if conditional else "ED(samples over p(xT), p(x0))"
   lines = [f"| sampler | NFE | {what} | µs / sample |", "|---|---|---|---|"]
-  for k, v in results["teacher"].items():
-    lines.append(f"| teacher | {k} | {v['energy_distance']:.4f} | {v['us_per_sample']:.2f} |")
+  for entry, label in (("exact_teacher", "exact teacher (closed form)"), ("teacher", "teacher (network)")):
+    for k, v in results.get(entry, {}).items():
+      lines.append(f"| {label} | {k} | {v['energy_distance']:.4f} | {v['us_per_sample']:.2f} |")
   for k, v in results["student"].items():
     lines.append(f"| IBMD student | {k} | {v['energy_distance']:.4f} | {v['us_per_sample']:.2f} |")
   lines.append(f"| (two true sample sets: noise floor) | – | {results['noise_floor']:.4f} | – |")

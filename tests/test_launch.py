@@ -46,8 +46,8 @@ def test_pipeline_writes_everything(tmp_path, cfg_module):
   modes = {r["mode"] for r in _rows(workdir)}
   assert modes == {"teacher", "distill", "eval"}
   ev = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
-  assert set(ev["teacher"]) == {"1", "4"} and set(ev["student"]) == {"1"}
-  assert ev["teacher"]["4"]["energy_distance"] < ev["teacher"]["1"]["energy_distance"]
+  assert set(ev["teacher"]) == {"1", "4"} == set(ev["exact_teacher"]) and set(ev["student"]) == {"1"}
+  assert ev["exact_teacher"]["4"]["energy_distance"] < ev["exact_teacher"]["1"]["energy_distance"]
   assert int(out["state"].step) == 6
 
 
