@@ -84,33 +84,76 @@ def save_config(config, workdir: str):
 
 
 # ---------------------------------------------------------------------- problems
+class Problem:
+  """What the run loops need from a task (toy coupling or image task).
+
+  Batches are dicts of host (numpy) arrays: 'x0' and 'xT' (teacher training; distillation reads only
+  'xT'), optional 'mask' (1 = unknown pixels) and 'label'. They are global batches, built
+  deterministically from the step so that a resumed run sees the batches an uninterrupted one
+  would (``data_state``/``set_data_state`` carry iterator state for stateful pipelines).
+  """
+
+  bridge: Bridge
+  net: NetDenoiser
+  conditional: bool
+  exact: Optional[Callable] = None
+
+  def example(self) -> np.ndarray:  # a [2, ...] input for parameter shapes
+    raise NotImplementedError
+
+  def example_label(self):
+    return None
+
+  def teacher_batch(self, step: int, batch_size: int) -> dict:
+    raise NotImplementedError
+
+  def distill_batches(self, round_: int, n: int, batch_size: int) -> dict:
+    """n batches stacked on a leading axis (L critic steps + 1 generator step)."""
+    raise NotImplementedError
+
+  def data_state(self) -> dict:
+    return {}
+
+  def set_data_state(self, state: dict) -> None:
+    del state
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class ToyProblem:
-  """A toy coupling with its bridge, network denoiser and exact teacher."""
+class ToyProblem(Problem):
+  """A toy coupling with its bridge, network denoiser and exact teacher; batches from the step."""
 
   gmm: toy.JointGMM
   bridge: Bridge
   conditional: bool
   net: NetDenoiser
   exact: Callable
+  seed: int = 0
 
-  def sample_pairs(self, key, n):
-    x0, xT, _ = self.gmm.sample(key, n)
-    return {"x0": x0, "xT": xT}
+  def example(self):
+    return np.zeros((2, self.gmm.dim), np.float32)
 
-  def sample_xT(self, key, n):
-    return self.gmm.sample_xT(key, n)
+  def teacher_batch(self, step, batch_size):
+    key = jax.random.fold_in(jax.random.key(self.seed + 11), step)
+    x0, xT, _ = self.gmm.sample(key, batch_size)
+    return {"x0": np.asarray(x0), "xT": np.asarray(xT)}
+
+  def distill_batches(self, round_, n, batch_size):
+    key = jax.random.fold_in(jax.random.key(self.seed + 12), round_)
+    xT = self.gmm.sample_xT(key, n * batch_size)
+    return {"xT": np.asarray(xT).reshape(n, batch_size, -1)}
 
 
-def make_problem(config) -> ToyProblem:
+def make_problem(config) -> Problem:
   if config.data.kind != "toy":
-    raise ValueError(f"data.kind {config.data.kind!r} is not supported by this driver; use 'toy'")
+    from ibmd_jax import image_task  # images: UNet, degradations, grain pipelines
+
+    return image_task.make_problem(config)
   gmm = toy.make_coupling(config.data.coupling, int(config.data.dim))
   bridge = Bridge.from_config(config.bridge)
   module = build_model(config.model)
   net = NetDenoiser(bridge, module, conditional=bool(config.conditional))
   return ToyProblem(gmm, bridge, bool(config.conditional), net,
-                    toy.exact_predictor(gmm, bridge, bool(config.conditional)))
+                    toy.exact_predictor(gmm, bridge, bool(config.conditional)), int(config.seed))
 
 
 # ---------------------------------------------------------------------- teacher
@@ -124,16 +167,26 @@ def train_teacher(config, workdir: str, problem: ToyProblem, writer: MetricWrite
   """Bridge matching on pairs from the coupling; returns the EMA parameters."""
   tc = config.teacher
   key = jax.random.key(config.seed)
-  dim = problem.gmm.dim
-  params = problem.net.init(jax.random.fold_in(key, 0), jnp.zeros((2, dim)))
+  mesh = make_mesh(config)
+  shd.check_batch(mesh, int(tc.batch_size), "teacher.batch_size")
+  params = problem.net.init(jax.random.fold_in(key, 0), jnp.asarray(problem.example()),
+                            label=problem.example_label())
   tx = make_optimizer(tc.optimizer)
   state = teacher_lib.init_state(params, tx)
-  step_fn = jax.jit(teacher_lib.make_train_step(problem.net, problem.bridge, tx, tc.ema),
-                    donate_argnums=0)
+  state_sh = shd.state_shardings(mesh, state)
+  step_fn = jax.jit(
+      teacher_lib.make_train_step(problem.net, problem.bridge, tx, float(tc.ema),
+                                  dropout=float(config.model.get("dropout", 0.0)) > 0),
+      in_shardings=(state_sh, shd.batch_sharding(mesh), shd.replicated(mesh)),
+      out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=0)
+  state = jax.device_put(state, state_sh)
+  pi, pc = jax.process_index(), jax.process_count()
+  bs = int(tc.batch_size)
   t0 = time.time()
   for i in range(int(tc.steps)):
     k = jax.random.fold_in(jax.random.fold_in(key, 1), i)
-    batch = problem.sample_pairs(jax.random.fold_in(k, 0), int(tc.batch_size))
+    batch = problem.teacher_batch(i, bs)
+    batch = {n: shd.global_batch(mesh, v[pi * bs // pc:(pi + 1) * bs // pc]) for n, v in batch.items()}
     state, m = step_fn(state, batch, k)
     if (i + 1) % config.log_every == 0 or i + 1 == tc.steps:
       writer.write("teacher", i + 1, {**m, "steps_per_s": (i + 1) / (time.time() - t0)})
@@ -141,7 +194,7 @@ def train_teacher(config, workdir: str, problem: ToyProblem, writer: MetricWrite
   return jax.device_get(state.ema)
 
 
-def get_teacher(config, workdir: str, problem: ToyProblem, writer: MetricWriter, train: bool):
+def get_teacher(config, workdir: str, problem: Problem, writer: MetricWriter, train: bool):
   """The teacher's network parameters: from teacher.checkpoint, <workdir>/teacher, or training."""
   path = config.teacher.checkpoint or os.path.join(workdir, "teacher")
   if config.teacher.source == "checkpoint" or os.path.exists(os.path.join(path, ckpt.TEACHER_META)):
@@ -157,23 +210,28 @@ def get_teacher(config, workdir: str, problem: ToyProblem, writer: MetricWriter,
 
 
 # ---------------------------------------------------------------------- distillation
-def make_ibmd(config, problem: ToyProblem, n_steps: Optional[int] = None) -> ibmd_lib.IBMD:
+def make_ibmd(config, problem: Problem, n_steps: Optional[int] = None) -> ibmd_lib.IBMD:
   dc = config.distill
   if dc.teacher not in ("exact", "network"):
     raise ValueError(f"distill.teacher must be 'exact' or 'network', got {dc.teacher!r}")
+  if dc.teacher == "exact" and problem.exact is None:
+    raise ValueError("distill.teacher='exact' needs a toy problem with a closed-form teacher; "
+                     "use 'network' for image tasks")
   return ibmd_lib.IBMD(
       bridge=problem.bridge, teacher=problem.exact if dc.teacher == "exact" else problem.net,
       critic=problem.net, generator=problem.net, z_channels=int(dc.z_channels),
       n_steps=int(n_steps or dc.n_steps), multistep=dc.multistep, intermediate=dc.intermediate)
 
 
-def init_distill_state(config, problem: ToyProblem, teacher_params):
+def init_distill_state(config, problem: Problem, teacher_params):
   """Generator and critic start from the teacher; the generator's z weights start at zero."""
   dc = config.distill
   key = jax.random.key(config.seed + 1)
   gen = teacher_params
   if dc.z_channels:
-    template = problem.net.init(key, jnp.zeros((2, problem.gmm.dim)), z_channels=int(dc.z_channels))
+    template = jax.eval_shape(lambda: problem.net.init(
+        key, jnp.asarray(problem.example()), z_channels=int(dc.z_channels),
+        label=problem.example_label()))
     gen = widen_like(teacher_params, template, key=key, new_scale=float(dc.z_init_scale))
   gen_tx, critic_tx = make_optimizer(dc.gen_optimizer), make_optimizer(dc.critic_optimizer)
   return ibmd_lib.init_state(gen, teacher_params, gen_tx, critic_tx), gen_tx, critic_tx
@@ -233,7 +291,7 @@ class StopSignal:
       signal.signal(signal.SIGTERM, self._prev)
 
 
-def distill(config, workdir: str, problem: ToyProblem, teacher_params, writer: MetricWriter):
+def distill(config, workdir: str, problem: Problem, teacher_params, writer: MetricWriter):
   dc = config.distill
   ib = make_ibmd(config, problem)
   mesh = make_mesh(config)
@@ -244,9 +302,10 @@ def distill(config, workdir: str, problem: ToyProblem, teacher_params, writer: M
   manager = ckpt.RunCheckpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=int(config.checkpoint.keep),
                                  save_every=int(config.checkpoint.every))
-  start, restored, _ = manager.restore_latest(abstract_with(state, state_sh))
+  start, restored, meta = manager.restore_latest(abstract_with(state, state_sh))
   if restored is not None:
     state = restored
+    problem.set_data_state(meta.get("data", {}))
     print(f"[distill] resumed from step {start}", flush=True)
   state = jax.device_put(state, state_sh)
   teacher_params = jax.device_put(teacher_params, teacher_sh)
@@ -258,9 +317,10 @@ def distill(config, workdir: str, problem: ToyProblem, teacher_params, writer: M
   try:
     for r in range(int(state.step), int(dc.rounds)):
       k = jax.random.fold_in(key, r)
-      xT = problem.sample_xT(jax.random.fold_in(k, 0), n_batch * bs).reshape(n_batch, bs, -1)
-      local = np.asarray(xT)[:, pi * bs // pc:(pi + 1) * bs // pc]  # this process's slice
-      state, m = round_fn(state, teacher_params, {"xT": shd.global_batch(mesh, local, 1)}, k)
+      batches = problem.distill_batches(r, n_batch, bs)
+      batches = {n: shd.global_batch(mesh, v[:, pi * bs // pc:(pi + 1) * bs // pc], 1)
+                 for n, v in batches.items() if n != "x0"}  # distillation never sees clean x0
+      state, m = round_fn(state, teacher_params, batches, k)
       step = r + 1
       profile(config, workdir, step)
       if step % config.log_every == 0 or step == dc.rounds:
@@ -268,13 +328,14 @@ def distill(config, workdir: str, problem: ToyProblem, teacher_params, writer: M
         rate = (step - done0) * bs / elapsed
         eta = elapsed / (step - done0) * (int(dc.rounds) - step)
         writer.write("distill", step, {**m, "gen_samples_per_s": rate, "eta_s": eta})
-      manager.save(step, state, {"step": step})
+      manager.save(step, state, {"step": step, "data": problem.data_state()})
       if stop.received:
-        manager.save(step, state, {"step": step}, force=True)
+        manager.save(step, state, {"step": step, "data": problem.data_state()}, force=True)
         manager.close()
         print(f"[distill] SIGTERM: saved step {step}, exiting", flush=True)
         raise SystemExit(143)
-    manager.save(int(dc.rounds), state, {"step": int(dc.rounds)}, force=True)
+    manager.save(int(dc.rounds), state, {"step": int(dc.rounds), "data": problem.data_state()},
+                 force=True)
   finally:
     stop.restore()
     manager.close()
@@ -289,8 +350,17 @@ def _timed(fn, *args):
   return out, time.perf_counter() - t0
 
 
-def evaluate(config, workdir: str, problem: ToyProblem, teacher_params, gen_params,
+def evaluate(config, workdir: str, problem: Problem, teacher_params, gen_params,
              writer: MetricWriter) -> dict:
+  if not isinstance(problem, ToyProblem):
+    from ibmd_jax import image_task
+
+    return image_task.evaluate(config, workdir, problem, teacher_params, gen_params, writer)
+  return evaluate_toy(config, workdir, problem, teacher_params, gen_params, writer)
+
+
+def evaluate_toy(config, workdir: str, problem: ToyProblem, teacher_params, gen_params,
+                 writer: MetricWriter) -> dict:
   """Energy distances to the true conditional (or marginal) for teacher NFEs and student steps."""
   ec = config.eval
   key = jax.random.key(config.seed + 3)

@@ -22,7 +22,7 @@ def _round(mesh_devices, data, fsdp):
   mesh = shd.make_mesh(data, fsdp, devices=mesh_devices)
   fn, state_sh, teacher_sh = train.sharded_round(round_step, mesh, state, teacher)
   state = jax.device_put(state, state_sh)
-  xT = problem.sample_xT(jax.random.key(1), 3 * 64).reshape(3, 64, 2)
+  xT = problem.distill_batches(0, 3, 64)["xT"]
   out, metrics = fn(state, jax.device_put(teacher, teacher_sh), {"xT": shd.global_batch(mesh, xT, 1)},
                     jax.random.key(2))
   out, metrics = fn(out, jax.device_put(teacher, teacher_sh), {"xT": shd.global_batch(mesh, xT, 1)},
