@@ -55,7 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.num_conditions = 16  # held-out xT values
   c.eval.samples_per_condition = 400
 
-  c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3))
+  # Keep the last `keep` checkpoints; with best_metric set (a round metric, e.g. 'objective_gap'),
+  # also keep the best one (averaged over each interval) in <workdir>/checkpoints_best.
+  c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, best_metric="",
+                                                best_mode="min"))
   # Device mesh: data = -1 uses every device; fsdp > 1 splits parameters and optimizer states.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   # jax.profiler trace of distillation rounds (start, start + steps]; start = 0 is off.

@@ -55,22 +55,53 @@ def load_teacher(directory: str, target: Optional[Any] = None) -> tuple[Any, dic
 
 
 class RunCheckpointer:
-  """CheckpointManager wrapper: periodic async saves, keep-last-K, resume with fallback."""
+  """CheckpointManager wrapper: periodic async saves, keep-last-K plus the best, resume with fallback.
+
+  With ``best_metric`` set, a second manager in ``<directory>_best`` keeps the single checkpoint with
+  the best value of that metric (``best_mode`` 'min' or 'max') among the periodic saves; the last-K
+  rotation never deletes it.
+  """
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, save_every: int = 1000,
-               async_save: bool = True):
+               async_save: bool = True, best_metric: str = "", best_mode: str = "min"):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=save_every, create=True,
         enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "meta"))
+    self.save_every = save_every
+    self.best_metric = best_metric
+    self.best = None
+    if best_metric:
+      if best_mode not in ("min", "max"):
+        raise ValueError(f"checkpoint.best_mode must be 'min' or 'max', got {best_mode!r}")
+      best_options = ocp.CheckpointManagerOptions(
+          max_to_keep=1, create=True, best_fn=lambda m: float(m[best_metric]), best_mode=best_mode,
+          keep_checkpoints_without_metrics=False, enable_async_checkpointing=async_save)
+      self.best = ocp.CheckpointManager(self.directory + "_best", options=best_options,
+                                        item_names=("state", "meta"))
 
-  def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
+  def save(self, step: int, state: Any, meta: dict, force: bool = False,
+           metrics: Optional[dict] = None) -> bool:
+    """Saves at save_every multiples (or when forced); metrics feed the keep-best manager."""
     if step == self.manager.latest_step():  # already saved (periodic save at the last step)
       return False
-    return self.manager.save(step, args=ocp.args.Composite(
+    saved = self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+    if saved and self.best is not None and metrics and self.best_metric in metrics:
+      value = float(metrics[self.best_metric])
+      self.best.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({**meta, "metrics": {
+              self.best_metric: value}})), metrics={self.best_metric: value}, force=True)
+    return saved
+
+  def best_step(self) -> Optional[int]:
+    """The step of the kept best checkpoint (None without best_metric or before any save)."""
+    if self.best is None:
+      return None
+    self.best.wait_until_finished()
+    return self.best.best_step()
 
   def restore_latest(self, abstract_state: Any) -> tuple[Optional[int], Any, Optional[dict]]:
     """(step, state, meta) of the newest checkpoint that restores, else (None, None, None)."""
@@ -88,9 +119,15 @@ class RunCheckpointer:
 
   def wait(self):
     self.manager.wait_until_finished()
+    if self.best is not None:
+      self.best.wait_until_finished()
 
   def close(self):
     if self.manager is not None:
       self.manager.wait_until_finished()
       self.manager.close()
       self.manager = None
+    if self.best is not None:
+      self.best.wait_until_finished()
+      self.best.close()
+      self.best = None

@@ -299,9 +299,11 @@ def distill(config, workdir: str, problem: Problem, teacher_params, writer: Metr
   state, gen_tx, critic_tx = init_distill_state(config, problem, teacher_params)
   _, _, round_step = ibmd_lib.make_steps(ib, gen_tx, critic_tx, float(dc.ema))
   round_fn, state_sh, teacher_sh = sharded_round(round_step, mesh, state, teacher_params)
-  manager = ckpt.RunCheckpointer(os.path.join(workdir, "checkpoints"),
-                                 max_to_keep=int(config.checkpoint.keep),
-                                 save_every=int(config.checkpoint.every))
+  cc = config.checkpoint
+  best_metric = str(cc.get("best_metric", ""))
+  manager = ckpt.RunCheckpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(cc.keep),
+                                 save_every=int(cc.every), best_metric=best_metric,
+                                 best_mode=str(cc.get("best_mode", "min")))
   start, restored, meta = manager.restore_latest(abstract_with(state, state_sh))
   if restored is not None:
     state = restored
@@ -314,6 +316,7 @@ def distill(config, workdir: str, problem: Problem, teacher_params, writer: Metr
   pi, pc = jax.process_index(), jax.process_count()
   stop = StopSignal()
   t0, done0 = time.time(), int(state.step)
+  acc, n_acc = 0.0, 0  # the keep-best metric, averaged on device over each checkpoint interval
   try:
     for r in range(int(state.step), int(dc.rounds)):
       k = jax.random.fold_in(key, r)
@@ -328,7 +331,14 @@ def distill(config, workdir: str, problem: Problem, teacher_params, writer: Metr
         rate = (step - done0) * bs / elapsed
         eta = elapsed / (step - done0) * (int(dc.rounds) - step)
         writer.write("distill", step, {**m, "gen_samples_per_s": rate, "eta_s": eta})
-      manager.save(step, state, {"step": step, "data": problem.data_state()})
+      if best_metric:
+        if best_metric not in m:
+          raise ValueError(f"checkpoint.best_metric={best_metric!r} is not a round metric; "
+                           f"choose one of {sorted(m)}")
+        acc, n_acc = acc + m[best_metric], n_acc + 1
+      if manager.save(step, state, {"step": step, "data": problem.data_state()},
+                      metrics={best_metric: float(acc) / n_acc} if n_acc else None):
+        acc, n_acc = 0.0, 0
       if stop.received:
         manager.save(step, state, {"step": step, "data": problem.data_state()}, force=True)
         manager.close()
