@@ -238,6 +238,7 @@ def preprocess(images, size: int = INPUT_SIZE, value_range: Sequence[float] = (-
 # ------------------------------------------------------------------------------ weights
 
 
+@functools.lru_cache(maxsize=4)
 def abstract_variables(input_size: int = INPUT_SIZE):
   """Shapes of the Flax variables (no computation, no random numbers)."""
   x = jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32)
