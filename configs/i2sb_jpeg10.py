@@ -1,0 +1,22 @@
+"""I2SB JPEG restoration, quality 10, ImageNet 256 -> one-step IBMD generator (paper Table 4).
+
+Teacher, once: convert I2SB's jpeg-10 checkpoint (results/jpeg-10/latest.pt):
+  python -m launch.convert --src=PATH.pt --family=i2sb --preset=i2sb_imagenet256 \
+      --workdir=./teachers/i2sb_jpeg10
+(writes ./teachers/i2sb_jpeg10/teacher, the config's teacher.checkpoint).
+Data: ImageNet as a local TFDS ArrayRecord dataset (never downloaded by the pipeline):
+  tfds build imagenet2012 --data_dir=DIR --manual_dir=DIR_WITH_ARCHIVES --file_format=array_record
+then pass --config.data.tfds_data_dir=DIR.
+
+  python -m launch.main --config=configs/i2sb_jpeg10.py --workdir=/tmp/i2sb_jpeg10 \
+      --config.data.tfds_data_dir=DIR
+  # the CPU variant, under a minute:
+  python -m launch.main --config=configs/i2sb_jpeg10.py:tiny --workdir=/tmp/i2sb_jpeg10_tiny
+
+Settings: configs/images.py (SETUPS['i2sb_jpeg10']).
+"""
+from configs import images
+
+
+def get_config(arg: str = ""):
+  return images.paper("i2sb_jpeg10", arg)

@@ -1,0 +1,22 @@
+"""I2SB 4x super-resolution (bicubic), ImageNet 256 -> one-step IBMD generator (paper Table 1).
+
+Teacher, once: convert I2SB's sr4x-bicubic checkpoint (results/sr4x-bicubic/latest.pt):
+  python -m launch.convert --src=PATH.pt --family=i2sb --preset=i2sb_imagenet256 \
+      --workdir=./teachers/i2sb_sr4_bicubic
+(writes ./teachers/i2sb_sr4_bicubic/teacher, the config's teacher.checkpoint).
+Data: ImageNet as a local TFDS ArrayRecord dataset (never downloaded by the pipeline):
+  tfds build imagenet2012 --data_dir=DIR --manual_dir=DIR_WITH_ARCHIVES --file_format=array_record
+then pass --config.data.tfds_data_dir=DIR.
+
+  python -m launch.main --config=configs/i2sb_sr4_bicubic.py --workdir=/tmp/i2sb_sr4_bicubic \
+      --config.data.tfds_data_dir=DIR
+  # the CPU variant, under a minute:
+  python -m launch.main --config=configs/i2sb_sr4_bicubic.py:tiny --workdir=/tmp/i2sb_sr4_bicubic_tiny
+
+Settings: configs/images.py (SETUPS['i2sb_sr4_bicubic']).
+"""
+from configs import images
+
+
+def get_config(arg: str = ""):
+  return images.paper("i2sb_sr4_bicubic", arg)

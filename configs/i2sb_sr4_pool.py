@@ -1,0 +1,22 @@
+"""I2SB 4x super-resolution (pool), ImageNet 256 -> one-step IBMD generator (paper Table 3).
+
+Teacher, once: convert I2SB's sr4x-pool checkpoint (results/sr4x-pool/latest.pt):
+  python -m launch.convert --src=PATH.pt --family=i2sb --preset=i2sb_imagenet256 \
+      --workdir=./teachers/i2sb_sr4_pool
+(writes ./teachers/i2sb_sr4_pool/teacher, the config's teacher.checkpoint).
+Data: ImageNet as a local TFDS ArrayRecord dataset (never downloaded by the pipeline):
+  tfds build imagenet2012 --data_dir=DIR --manual_dir=DIR_WITH_ARCHIVES --file_format=array_record
+then pass --config.data.tfds_data_dir=DIR.
+
+  python -m launch.main --config=configs/i2sb_sr4_pool.py --workdir=/tmp/i2sb_sr4_pool \
+      --config.data.tfds_data_dir=DIR
+  # the CPU variant, under a minute:
+  python -m launch.main --config=configs/i2sb_sr4_pool.py:tiny --workdir=/tmp/i2sb_sr4_pool_tiny
+
+Settings: configs/images.py (SETUPS['i2sb_sr4_pool']).
+"""
+from configs import images
+
+
+def get_config(arg: str = ""):
+  return images.paper("i2sb_sr4_pool", arg)

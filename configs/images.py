@@ -1,0 +1,263 @@
+"""The builder behind every image config: the paper's eight setups and the 64x64 benchmark.
+
+A config file calls ``paper(name, arg)`` (or ``make`` directly, as bench64 does). ``arg`` is the text
+after ``:`` on the command line, a comma-separated list of options:
+
+  tiny    a CPU-sized variant: 16x16 crops of the scikit-image photographs (no download), a
+          two-level 32-channel UNet, tens of teacher steps, a few distillation rounds, 8 evaluation
+          images. The setup's defining choices are kept: bridge, conditioning on xT, class labels,
+          noise input z, generator steps and multistep variant, masks.
+  Nstep   a generator with N steps (e.g. ``2step``); the round count follows the paper where it
+          gives one for that N (E2H and DIODE: 300 / 500 rounds at 2 steps).
+
+Paper settings (digest §1.5 and §3.4, Table 7): batch 256, EMA 0.99 on the generator, 5 critic
+updates per generator update (1 for the DBIM inpainting teacher), learning rate 5e-5 (I2SB), 1e-5
+(DDBM), 3e-6 (DBIM), ``distill.rounds`` = the paper's student gradient updates, noise input z on
+every setup but I2SB inpainting (which trains a 4-step generator on the whole chain instead).
+Generator and critic start from the teacher; z's input weights start at zero. Networks compute in
+bfloat16 (parameters and normalisations in float32). The optimiser is not given by the paper: we
+use the teacher code bases' own (AdamW for I2SB, RAdam for DDBM/DBIM, no weight decay) with the
+same learning rate for generator and critic.
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from configs.common import bridge_config
+from ibmd_jax.models.unet import PRESETS
+
+# The teacher code bases: bridge, xT conditioning, multistep variant (digest §3.3) and optimiser.
+FAMILIES = {
+    # I2SB: unconditional bridge matching, symmetric discrete schedule, x̂0 = x_t − σ_t·F,
+    # λ = 1/σ_t² (bridge.weighting 'default' = 1/c_out²), 1000 steps.
+    "i2sb": dict(conditional=False, bridge=dict(kind="i2sb", precond="eps", beta_max=0.3),
+                 optimizer="adamw", lr=5e-5, critic_steps=5, multistep="full_chain",
+                 teacher_lr=5e-5, teacher_ema=0.99, teacher_decay="step"),
+    # DDBM: VP bridge (β_min 0.1, β_d 2), EDM preconditioning σ_data 0.5, λ = 1/c_out², xT
+    # concatenated to the network input.
+    "ddbm": dict(conditional=True, bridge=dict(kind="vp", precond="edm", sigma_data=0.5,
+                                               vp_beta_min=0.1, vp_beta_d=2.0),
+                 optimizer="radam", lr=1e-5, critic_steps=5, multistep="dmd2",
+                 teacher_lr=1e-4, teacher_ema=0.9999, teacher_decay="constant"),
+    # DBIM's ImageNet inpainting teacher (DDBM code): I2SB schedule with β_max 1.0, stochastic
+    # bridge, ε preconditioning (c_out = −σ_t), xT concatenated and class-conditional.
+    "dbim": dict(conditional=True, bridge=dict(kind="i2sb", precond="eps", beta_max=1.0),
+                 optimizer="radam", lr=3e-6, critic_steps=1, multistep="dmd2",
+                 teacher_lr=1e-4, teacher_ema=0.9999, teacher_decay="constant"),
+}
+
+_IMAGENET = dict(kind="tfds", tfds_name="imagenet2012", image_size=256)
+
+# The paper's setups (Table 7). rounds: student gradient updates, per generator step count.
+SETUPS = {
+    "i2sb_sr4_bicubic": dict(family="i2sb", preset="i2sb_imagenet256", rounds={1: 3000},
+                             data=dict(_IMAGENET, degradation="sr4_bicubic")),
+    "i2sb_sr4_pool": dict(family="i2sb", preset="i2sb_imagenet256", rounds={1: 3000},
+                          data=dict(_IMAGENET, degradation="sr4_pool")),
+    "i2sb_jpeg5": dict(family="i2sb", preset="i2sb_imagenet256", rounds={1: 2000},
+                       data=dict(_IMAGENET, degradation="jpeg5")),
+    "i2sb_jpeg10": dict(family="i2sb", preset="i2sb_imagenet256", rounds={1: 3000},
+                        data=dict(_IMAGENET, degradation="jpeg10")),
+    # Centre 128x128 inpainting: OT-ODE bridge with β_max 1.0, no noise input, 4 steps trained on
+    # the whole chain, evaluated at 1, 2 and 4 steps.
+    "i2sb_inpaint": dict(family="i2sb", preset="i2sb_imagenet256", rounds={4: 2000}, z=False,
+                         bridge=dict(beta_max=1.0, ot_ode=True), student_steps=(1, 2, 4),
+                         data=dict(_IMAGENET, degradation="inpaint_center", hole=128)),
+    # Edges -> handbags 64x64 (pix2pix layout: A = sketch = xT, B = photo = x0).
+    "ddbm_e2h64": dict(family="ddbm", preset="ddbm_e2h64", rounds={1: 14000, 2: 300},
+                       data=dict(kind="ab_folder", path="./data/edges2handbags", image_size=64),
+                       tiny_degradation="edges"),
+    # Surface normals -> image, DIODE outdoor 256x256.
+    "ddbm_diode256": dict(family="ddbm", preset="ddbm_diode256", rounds={1: 3700, 2: 500},
+                          data=dict(kind="diode", path="./data/diode_outdoor", image_size=256),
+                          tiny_degradation="edges"),
+    # Centre inpainting with DBIM's class-conditional checkpoint, 4 steps (DMD2 variant).
+    "dbim_inpaint256": dict(family="dbim", preset="dbim_imagenet256_inpaint", rounds={4: 3000},
+                            student_steps=(1, 2, 4),
+                            data=dict(_IMAGENET, degradation="inpaint_center", hole=128,
+                                      class_conditional=True)),
+}
+
+# The CPU variant's network: every block kind (res-blocks with up/down-sampling, attention, skip
+# connections) at 16x16 and 8x8; 32 channels because GroupNorm uses 32 groups.
+TINY_UNET = dict(model_channels=32, num_res_blocks=1, channel_mult=(1, 2), attention_resolutions=(2,),
+                 num_heads=2, num_head_channels=-1, dropout=0.0)
+
+
+def parse_arg(arg: str) -> tuple[bool, int | None]:
+  """'tiny,2step' -> (tiny, n_steps); unknown options are an error naming them."""
+  tiny, n_steps = False, None
+  for opt in [o.strip() for o in (arg or "").split(",") if o.strip()]:
+    if opt == "tiny":
+      tiny = True
+    elif opt.endswith("step") and opt[:-4].isdigit() and int(opt[:-4]) >= 1:
+      n_steps = int(opt[:-4])
+    else:
+      raise ValueError(f"unknown config option {opt!r}; options: 'tiny', 'Nstep' (e.g. '2step')")
+  return tiny, n_steps
+
+
+def data_config(**kw) -> ml_collections.ConfigDict:
+  """Every data option (ibmd_jax.data), so that any can be overridden from the command line."""
+  d = ml_collections.ConfigDict()
+  d.kind = "skimage"  # skimage | folder | ab_folder | diode | tfds | arrays
+  d.image_size = 64
+  d.channels = 3
+  d.degradation = "none"  # ibmd_jax.degradations name; ignored by paired kinds
+  d.hole = config_dict.placeholder(int)  # inpaint_center: hole side (default half the image)
+  d.quality = config_dict.placeholder(int)  # jpeg: quality
+  d.path = ""  # folder / ab_folder / diode root
+  d.tfds_name = ""
+  d.tfds_data_dir = ""  # where `tfds build ... --file_format=array_record` wrote it
+  d.tfds_train_split = ""  # '' = train
+  d.tfds_test_split = ""  # '' = validation (else test)
+  d.class_conditional = False  # emit the dataset's class labels
+  # A class-conditional network on data without labels (e.g. the tiny DBIM variant on the
+  # skimage photos) gets this label for every example; -1 = off.
+  d.fixed_label = -1
+  d.flip = True
+  d.min_scale = 0.25  # skimage: smallest crop scale
+  d.crops_per_photo = 8  # skimage: training examples per photo and epoch
+  d.num_workers = 0  # grain worker processes (0 = decode in the training process)
+  for k, v in kw.items():
+    if k not in d:
+      raise ValueError(f"unknown data option {k!r}")
+    setattr(d, k, v)
+  return d
+
+
+def optimizer_config(name: str, lr: float, **kw) -> ml_collections.ConfigDict:
+  o = dict(name=name, lr=lr, weight_decay=0.0, b1=0.9, b2=0.999, grad_clip=0.0, warmup_steps=0,
+           decay="constant", decay_every=1000, decay_rate=0.99)
+  o.update(kw)
+  return ml_collections.ConfigDict(o)
+
+
+def make(*, family: str, model: dict, data: dict, rounds: int, n_steps: int = 1, z: bool = True,
+         bridge: dict | None = None, teacher_source: str = "checkpoint",
+         teacher_checkpoint: str = "", teacher_steps: int = 400_000, teacher_batch: int = 256,
+         teacher_lr: float | None = None, batch_size: int = 256, lr: float | None = None,
+         teacher_nfes=(1, 2, 4, 10, 100, 1000), student_steps=(1, 2), num_images: int = 256,
+         eval_batch: int = 64, dtype: str = "bfloat16", remat: bool = False) -> ml_collections.ConfigDict:
+  """A full config (the layout of configs/toy_cond.py) for an image setup of a teacher family."""
+  fam = FAMILIES[family]
+  c = ml_collections.ConfigDict()
+  c.mode = "pipeline"  # teacher | distill | eval | pipeline (teacher -> distill -> eval)
+  c.seed = 0
+  c.distributed = False  # True: jax.distributed.initialize() first (pods, multi-node GPU)
+  c.log_every = 50
+
+  c.data = data_config(**data)
+  c.conditional = fam["conditional"]  # DDBM-style: xT is a network input (channel concat)
+  c.bridge = bridge_config(**dict(fam["bridge"], **(bridge or {})))
+  c.model = ml_collections.ConfigDict(dict(name="unet", **model, dtype=dtype, remat=remat,
+                                           attention_impl=config_dict.placeholder(str)))
+  c.model.image_size = c.data.image_size
+
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.source = teacher_source  # train | checkpoint (teacher.checkpoint dir)
+  c.teacher.checkpoint = teacher_checkpoint
+  c.teacher.steps = teacher_steps  # teacher training (source='train', or mode=teacher)
+  c.teacher.batch_size = teacher_batch
+  c.teacher.ema = fam["teacher_ema"]
+  # The teachers' own recipe (I2SB: AdamW 5e-5, ×0.99 every 1000 steps; DDBM: RAdam 1e-4).
+  c.teacher.optimizer = optimizer_config(fam["optimizer"], teacher_lr or fam["teacher_lr"],
+                                         decay=fam["teacher_decay"])
+
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = "network"
+  c.distill.rounds = rounds  # generator updates (the paper's "student grad updates")
+  c.distill.batch_size = batch_size
+  c.distill.critic_steps = fam["critic_steps"]  # L: critic updates per generator update
+  c.distill.z_channels = int(c.data.channels) if z else 0  # z ~ N(0, I) shaped like x; 0 = off
+  c.distill.z_init_scale = 0.0  # the paper's zero-initialised noise weights
+  c.distill.n_steps = n_steps  # generator steps N
+  c.distill.multistep = fam["multistep"]  # full_chain (I2SB variant) | dmd2 (DDBM variant)
+  c.distill.intermediate = "marginal"
+  c.distill.ema = 0.99
+  c.distill.gen_optimizer = optimizer_config(fam["optimizer"], lr or fam["lr"])
+  c.distill.critic_optimizer = optimizer_config(fam["optimizer"], lr or fam["lr"])
+
+  c.eval = ml_collections.ConfigDict()
+  # Evaluation (docs/evaluation.md): eval mode, and the end of pipeline mode.
+  c.eval.teacher_nfes = tuple(teacher_nfes)  # teacher sampler NFEs to evaluate
+  c.eval.student_steps = tuple(student_steps)  # generator steps to evaluate
+  c.eval.split = "test"  # test: held-out images / validation split | train: training crops
+  c.eval.num_images = num_images  # images evaluated (test split: <= 0 takes all of it)
+  c.eval.batch_size = eval_batch  # images per sampler call (a multiple of the device count)
+  # Weight-free by default; 'fid', 'kid', 'is' need inception_path, 'ca' resnet_path + labels.
+  c.eval.metrics = ("psnr", "ssim", "swd", "fd_pixel", "kid_pixel")
+  c.eval.inception_path = ""  # pt_inception-2015-12-05-6726825d.pth (pytorch-fid) or .npz
+  c.eval.resnet_path = ""  # torchvision resnet50-0676ba61.pth or .npz (classifier accuracy)
+  c.eval.swd_images = 1024  # SWD on the first this many images of each set
+  c.eval.kid_subset_size = 1000  # KID subset size (capped at the number of images)
+  c.eval.is_splits = 10  # Inception-score splits (capped at the number of images)
+  c.eval.grid_rows = 8  # examples shown in the image grids
+  c.eval.grid_nfes = tuple(sorted({min(teacher_nfes), max(teacher_nfes)}))  # teacher-mode grid
+
+  c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, best_metric="",
+                                                best_mode="min"))
+  # Device mesh: data = -1 uses every device; fsdp > 1 splits parameters and optimizer states.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  c.profile = ml_collections.ConfigDict(dict(start=0, steps=5))
+  return c
+
+
+def shrink(c: ml_collections.ConfigDict, degradation: str | None = None,
+           hole: int | None = None) -> ml_collections.ConfigDict:
+  """The tiny CPU variant of a full config, in place (see the module docstring)."""
+  paired = c.data.kind in ("ab_folder", "diode")
+  c.data.kind = "skimage"
+  c.data.image_size = 16
+  c.data.path = ""
+  c.data.tfds_name = ""
+  if degradation or paired:
+    c.data.degradation = degradation or "edges"
+  if c.data.degradation == "inpaint_center":
+    c.data.hole = hole or 8
+  c.data.num_workers = 0
+  if c.data.class_conditional:  # the photographs have no classes: one label for all
+    c.data.class_conditional = False
+    c.data.fixed_label = 0
+  if c.model.num_classes:
+    c.model.num_classes = 10
+  c.model.update(TINY_UNET)
+  c.model.image_size = 16
+  c.model.dtype = "float32"
+  c.model.remat = False
+  c.log_every = 1
+  c.teacher.steps = 30
+  c.teacher.batch_size = 8
+  c.teacher.ema = 0.9
+  c.teacher.optimizer.lr = 1e-3
+  c.teacher.optimizer.decay = "constant"
+  c.distill.rounds = 3
+  c.distill.batch_size = 8
+  c.distill.critic_steps = min(int(c.distill.critic_steps), 2)
+  c.distill.gen_optimizer.lr = c.distill.critic_optimizer.lr = 1e-4
+  c.eval.teacher_nfes = (1, 2)
+  c.eval.student_steps = tuple(s for s in c.eval.student_steps if s <= 2) or (1,)
+  c.eval.num_images = 8
+  c.eval.batch_size = 8
+  c.eval.grid_nfes = (1, 2)
+  c.checkpoint.every = 1000
+  return c
+
+
+def paper(name: str, arg: str = "") -> ml_collections.ConfigDict:
+  """One of SETUPS with the paper's settings; the teacher is a converted official checkpoint."""
+  s = SETUPS[name]
+  tiny, n_steps = parse_arg(arg)
+  n_steps = n_steps or min(s["rounds"])
+  rounds = s["rounds"].get(n_steps, max(s["rounds"].values()))
+  preset = dict(PRESETS[s["preset"]])
+  c = make(family=s["family"], model=preset, data=s["data"], rounds=rounds, n_steps=n_steps,
+           z=s.get("z", True), bridge=s.get("bridge"), teacher_source="checkpoint",
+           teacher_checkpoint=f"./teachers/{name}/teacher", remat=s["data"]["image_size"] >= 256,
+           student_steps=s.get("student_steps", (1, 2)))
+  if tiny:
+    shrink(c, degradation=s.get("tiny_degradation"))
+    c.teacher.source = "train"
+    c.teacher.checkpoint = ""
+  return c
