@@ -171,7 +171,7 @@ def train_teacher(config, workdir: str, problem: ToyProblem, writer: MetricWrite
   shd.check_batch(mesh, int(tc.batch_size), "teacher.batch_size")
   params = problem.net.init(jax.random.fold_in(key, 0), jnp.asarray(problem.example()),
                             label=problem.example_label())
-  tx = make_optimizer(tc.optimizer)
+  tx = make_optimizer(tc.optimizer, total_steps=int(tc.steps))
   state = teacher_lib.init_state(params, tx)
   state_sh = shd.state_shardings(mesh, state)
   step_fn = jax.jit(
@@ -233,7 +233,9 @@ def init_distill_state(config, problem: Problem, teacher_params):
         key, jnp.asarray(problem.example()), z_channels=int(dc.z_channels),
         label=problem.example_label()))
     gen = widen_like(teacher_params, template, key=key, new_scale=float(dc.z_init_scale))
-  gen_tx, critic_tx = make_optimizer(dc.gen_optimizer), make_optimizer(dc.critic_optimizer)
+  rounds = int(dc.rounds)  # a cosine decay without decay_steps spans the whole run
+  gen_tx = make_optimizer(dc.gen_optimizer, total_steps=rounds)
+  critic_tx = make_optimizer(dc.critic_optimizer, total_steps=rounds * int(dc.critic_steps))
   return ibmd_lib.init_state(gen, teacher_params, gen_tx, critic_tx), gen_tx, critic_tx
 
 
