@@ -512,7 +512,7 @@ def _write_outputs(config, workdir: str, results: dict, acc: dict, opts: EvalOpt
       flat.update({f"{label.format(c)}_{k}": v for k, v in row.items() if k != "nfe"})
   # non-finite values (the reference's PSNR against itself is +inf) stay out of the metric log
   writer.write("eval", int(config.distill.rounds),
-               {k: v for k, v in flat.items() if np.isfinite(v)})
+               {k: v for k, v in flat.items() if np.isfinite(v)}, echo=False)
   if jax.process_index() != 0:
     return
   os.makedirs(out_dir, exist_ok=True)
@@ -554,10 +554,14 @@ def _write_outputs(config, workdir: str, results: dict, acc: dict, opts: EvalOpt
     f.write(f"# Evaluation\n\n{results['num_images']} images of the '{results['split']}' split, "
             f"{results['image_size']}x{results['image_size']}, batches of {results['batch_size']} "
             f"over {results['devices']} device(s) (mesh {results['mesh']}).\n\n{table}\n\n"
-            "Distribution metrics (SWD, FD, KID, FID) compare each set with the reference "
-            "images; *degraded input* is the corrupted xT itself, *reference* the clean images "
-            "against themselves (a sanity row: PSNR ∞, SSIM 1, SWD 0, FD ≈ 0). s / image: median "
-            "over batches of the sampler's wall-clock per image after a warm-up call.\n")
+            "PSNR / SSIM / CA are per image against the paired reference; SWD, FD, KID and FID "
+            "compare each set of outputs with the set of reference images. *degraded input* is "
+            "the corrupted xT itself (the baseline); *reference (itself)* is the clean images "
+            "against themselves: PSNR ∞, SSIM 1 and FD ≈ 0 by construction, while its SWD and "
+            "KID are those metrics' sampling-noise floor at this number of images (SWD draws "
+            "different random patches from the two sets; KID is unbiased and can be negative). "
+            "s / image: median over batches of the sampler's wall-clock per image, after a "
+            "warm-up call, with block_until_ready.\n")
     if plot:
       f.write(f"\n![quality against NFE and time]({os.path.basename(plot)})\n")
     for path, cols in grids:
@@ -607,7 +611,7 @@ def save_grid(path: str, columns: list[tuple[str, np.ndarray]], rows: int = 8,
   n, h, w, _ = cols[0].shape
   zoom = max(1, -(-min_cell // max(h, w)))
   h, w = h * zoom, w * zoom
-  pad, head = 2, 14
+  pad, head = 2, 26
   grid = np.full((head + n * (h + pad) + pad, len(cols) * (w + pad) + pad, 3), 255, np.uint8)
   for j, col in enumerate(cols):
     if col.shape[-1] == 1:
@@ -619,11 +623,18 @@ def save_grid(path: str, columns: list[tuple[str, np.ndarray]], rows: int = 8,
   img = Image.fromarray(grid)
   draw = ImageDraw.Draw(img)
   for j, (name, _) in enumerate(columns):
-    x = pad + j * (w + pad)
-    label = name
-    while label and draw.textlength(label) > w:
-      label = label[:-1]
-    draw.text((x + max(0, (w - draw.textlength(label)) / 2), 1), label, fill=(0, 0, 0))
+    lines = [""]  # greedy word wrap onto two lines, then cut what still does not fit
+    for word in name.split():
+      cand = f"{lines[-1]} {word}".strip()
+      if draw.textlength(cand) <= w or not lines[-1]:
+        lines[-1] = cand
+      else:
+        lines.append(word)
+    for k, line in enumerate(lines[:2]):
+      while line and draw.textlength(line) > w:
+        line = line[:-1]
+      x = pad + j * (w + pad) + max(0, (w - draw.textlength(line)) / 2)
+      draw.text((x, 1 + 12 * k), line, fill=(0, 0, 0))
   img.save(path)
   with open(os.path.splitext(path)[0] + ".txt", "w") as f:
     f.write("columns: " + " | ".join(name for name, _ in columns) + "\n")

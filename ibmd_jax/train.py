@@ -431,36 +431,66 @@ def evaluate_toy(config, workdir: str, problem: ToyProblem, teacher_params, gen_
   return results
 
 
-def plot_quality(results: dict, path: str, ylabel: str) -> Optional[str]:
-  """Quality against NFE and against time per sample, teacher curve and student points."""
+def plot_quality(results: dict, path: str, ylabel: str = "energy distance", *,
+                 panels: Optional[list] = None, time_key: str = "us_per_sample",
+                 time_label: str = "µs per sample", baselines: Optional[dict] = None,
+                 title: str = "") -> Optional[str]:
+  """Quality against NFE and against time per sample: teacher curves, student points.
+
+  results: {"teacher": {nfe: row}, "student": {steps: row}, optional "exact_teacher"}, each row a
+  dict of metric values and `time_key`. panels: one figure row per (metric key, axis label, log
+  y-axis); default [("energy_distance", ylabel, True)] (the toys). baselines: {label: {metric:
+  value}} drawn as horizontal lines (default: the toys' Monte-Carlo noise floor). Missing or
+  non-finite values are left out. Returns the path, or None without matplotlib.
+  """
   try:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
   except ImportError:
     logging.warning("matplotlib is not installed: no plot in the report")
     return None
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-  for ax, xkey, xlabel in ((axes[0], "nfe", "network evaluations (NFE)"),
-                           (axes[1], "us_per_sample", "µs per sample")):
-    for who, style, label in (("exact_teacher", "^--", "exact teacher"), ("teacher", "o-", "teacher"),
-                              ("student", "s", "IBMD student")):
-      pts = sorted((int(k), v) for k, v in results.get(who, {}).items())
-      if not pts:
-        continue
-      xs = [k if xkey == "nfe" else v[xkey] for k, v in pts]
-      ys = [max(v["energy_distance"], 1e-5) for _, v in pts]
-      ax.plot(xs, ys, style, label=label)
-      for (k, _), x, y in zip(pts, xs, ys):
-        ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    ax.axhline(max(abs(results["noise_floor"]), 1e-5), color="gray", ls=":", label="MC noise floor")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8)
+  if panels is None:
+    panels = [("energy_distance", ylabel, True)]
+  if baselines is None:
+    baselines = ({"MC noise floor": {"energy_distance": abs(results["noise_floor"])}}
+                 if "noise_floor" in results else {})
+  floor_styles = (":", "--", "-.")
+  fig, axes = plt.subplots(len(panels), 2, figsize=(9, 3.4 * len(panels)), squeeze=False)
+  for row, (metric, mlabel, log) in zip(axes, panels):
+    for ax, xkey, xlabel in ((row[0], "nfe", "network evaluations (NFE)"),
+                             (row[1], time_key, time_label)):
+      for who, style, label in (("exact_teacher", "^--", "exact teacher"),
+                                ("teacher", "o-", "teacher"), ("student", "s", "IBMD student")):
+        pts = sorted((int(k), v) for k, v in results.get(who, {}).items()
+                     if np.isfinite(v.get(metric, np.nan)) and (xkey == "nfe" or xkey in v))
+        if not pts:
+          continue
+        xs = [k if xkey == "nfe" else v[xkey] for k, v in pts]
+        ys = [max(v[metric], 1e-5) if log else v[metric] for _, v in pts]
+        ax.plot(xs, ys, style, label=label, ms=6)
+        for (k, _), x, y in zip(pts, xs, ys):
+          ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+      for (blabel, vals), ls in zip(baselines.items(), floor_styles):
+        v = vals.get(metric)
+        if v is not None and np.isfinite(v):
+          ax.axhline(max(abs(v), 1e-5) if log else v, color="gray", ls=ls, label=blabel)
+      ax.set_xscale("log")
+      if xkey == "nfe":  # plain NFE numbers as ticks
+        nfes = sorted({int(k) for who in ("exact_teacher", "teacher", "student")
+                       for k in results.get(who, {})})
+        ax.set_xticks(nfes, [str(n) for n in nfes])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+      if log:
+        ax.set_yscale("log")
+      ax.set_xlabel(xlabel)
+      ax.set_ylabel(mlabel)
+      ax.grid(alpha=0.3)
+    row[0].legend(fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -497,6 +527,10 @@ def _run(config, workdir: str, writer: MetricWriter) -> dict:
   teacher_params = get_teacher(config, workdir, problem, writer,
                                train=config.mode in ("teacher", "pipeline"))
   out["teacher"] = teacher_params
+  if config.mode == "teacher" and not isinstance(problem, ToyProblem):
+    from ibmd_jax import image_task  # samples of the new teacher at eval.grid_nfes
+
+    out["grid"] = image_task.teacher_grid(config, workdir, problem, teacher_params)
   if config.mode in ("distill", "pipeline"):
     out["state"] = distill(config, workdir, problem, teacher_params, writer)
   if config.mode in ("eval", "pipeline"):
