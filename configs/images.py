@@ -153,6 +153,8 @@ def make(*, family: str, model: dict, data: dict, rounds: int, n_steps: int = 1,
   c.bridge = bridge_config(**dict(fam["bridge"], **(bridge or {})))
   c.model = ml_collections.ConfigDict(dict(name="unet", **model, dtype=dtype, remat=remat,
                                            attention_impl=config_dict.placeholder(str)))
+  if c.model.get("num_classes") is None:  # overridable from the command line (an int or None)
+    c.model.num_classes = config_dict.placeholder(int)
   c.model.image_size = c.data.image_size
 
   c.teacher = ml_collections.ConfigDict()

@@ -54,6 +54,85 @@ def load_teacher(directory: str, target: Optional[Any] = None) -> tuple[Any, dic
   return params, meta
 
 
+# Model options that change how a network computes, not its weights: a teacher saved with one
+# value runs with another (e.g. a float32 converted checkpoint distilled in bfloat16 with remat).
+COMPUTE_ONLY_MODEL_KEYS = ("dtype", "remat", "attention_impl")
+
+# The time input a converted network was trained on (launch.convert's teacher.json 'c_noise') and
+# the Bridge.c_noise kind that produces it.
+_C_NOISE_KINDS = {"i2sb_noise_levels": "i2sb", "ddbm_250logt": "log250"}
+
+
+def _plain(v):
+  if isinstance(v, (list, tuple)):
+    return [_plain(a) for a in v]
+  return v
+
+
+def _model_defaults(name: Optional[str]) -> dict:
+  import dataclasses
+
+  if name == "unet":
+    from ibmd_jax.models.unet import UNet as cls
+  elif name == "mlp":
+    from ibmd_jax.models.mlp import MLP as cls
+  else:
+    return {}
+  return {f.name: f.default for f in dataclasses.fields(cls)
+          if f.name not in ("parent", "name") and f.default is not dataclasses.MISSING}
+
+
+def teacher_mismatch(meta: dict, config) -> Optional[str]:
+  """Why a saved / converted teacher cannot serve a config, or None when it can.
+
+  Compares the network architecture (every model option but COMPUTE_ONLY_MODEL_KEYS; lists and
+  tuples alike, absent options at their defaults), the input width (x, plus xT when the config is
+  conditional) and, for converted checkpoints, the time input its network was trained on against
+  the one the config's bridge feeds.
+  """
+  model = dict(config.model)
+  saved = meta.get("model")
+  if saved:
+    saved = dict(saved)
+    if saved.get("name") != model.get("name"):
+      return f"it is a {saved.get('name')!r} network but config.model.name is {model.get('name')!r}"
+    defaults = _model_defaults(model.get("name"))
+    keys = (set(saved) | set(model)) - set(COMPUTE_ONLY_MODEL_KEYS) - {"name"}
+    missing = object()
+    diff = []
+    for k in sorted(keys):
+      a, b = saved.get(k, defaults.get(k, missing)), model.get(k, defaults.get(k, missing))
+      if _plain(a) != _plain(b):
+        diff.append(f"model.{k}: teacher {_plain(a) if a is not missing else '(absent)'}, "
+                    f"config {_plain(b) if b is not missing else '(absent)'}")
+    if diff:
+      return "its network differs from config.model (" + "; ".join(diff) + ")"
+  conditional = bool(config.get("conditional", False))
+  if "conditional" in meta and bool(meta["conditional"]) != conditional:
+    return (f"it was trained with conditional={bool(meta['conditional'])} but the config has "
+            f"conditional={conditional}")
+  if "in_channels" in meta and "data" in config:
+    channels = int(config.data.get("channels", 3))
+    want = channels * (2 if conditional else 1)
+    if int(meta["in_channels"]) != want:
+      return (f"its first convolution takes {meta['in_channels']} input channels, but the config "
+              f"feeds {want} ({channels} image channels"
+              f"{', plus xT: conditional=True' if conditional else ', conditional=False'}); a "
+              f"{meta.get('family', '?')} checkpoint needs that family's config")
+  if meta.get("c_noise") in _C_NOISE_KINDS and "bridge" in config:
+    from ibmd_jax.bridges import Bridge
+
+    bridge = Bridge.from_config(config.bridge)
+    kind = bridge.c_noise_kind
+    if kind == "default":
+      kind = "i2sb" if bridge.kind == "i2sb" else "log250"
+    if kind != _C_NOISE_KINDS[meta["c_noise"]]:
+      return (f"its network was trained on {meta['c_noise']} time inputs ({meta.get('family')} "
+              f"convention), but bridge kind={bridge.kind!r}, c_noise_kind="
+              f"{bridge.c_noise_kind!r} feeds {kind!r}")
+  return None
+
+
 class RunCheckpointer:
   """CheckpointManager wrapper: periodic async saves, keep-last-K plus the best, resume with fallback.
 

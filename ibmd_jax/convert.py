@@ -28,10 +28,13 @@ from ibmd_jax.models.unet import ATTENTION_LAYOUTS, UNet
 
 # Per family: the time input its network was trained on (the bridge computes it) and the qkv
 # channel order of its attention (guided-diffusion QKVAttentionLegacy vs DDBM flash attention).
+# DBIM's ImageNet inpainting teacher runs the DDBM code with the I2SB schedule, whose
+# preconditioning feeds I2SB's noise levels (linspace(1e-4, 1, 1000) * 1000 at step
+# round(999 t)), not DDBM's 250 log t.
 FAMILIES = {
     "i2sb": {"c_noise": "i2sb_noise_levels", "attention_layout": "legacy"},
     "ddbm": {"c_noise": "ddbm_250logt", "attention_layout": "qkv_first"},
-    "dbim": {"c_noise": "ddbm_250logt", "attention_layout": "qkv_first"},
+    "dbim": {"c_noise": "i2sb_noise_levels", "attention_layout": "qkv_first"},
 }
 
 FIRST_CONV = "input_blocks.0.0.weight"

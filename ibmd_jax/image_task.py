@@ -76,7 +76,18 @@ class ImageProblem(Problem):
       batch["label"] = batch["label"].astype(np.int32)
     if not self.num_classes:
       batch.pop("label", None)
+    elif "label" not in batch:  # a class-conditional network on unlabelled data
+      batch["label"] = np.full((len(batch["xT"]),), self._fixed_label(), np.int32)
     return batch
+
+  def _fixed_label(self) -> int:
+    fixed = int(self.config.data.get("fixed_label", -1))
+    if not 0 <= fixed < int(self.num_classes):
+      raise ValueError(
+          f"the network is class-conditional (model.num_classes={self.num_classes}) but the data "
+          f"has no labels: set data.class_conditional=True on a labelled dataset, or "
+          f"data.fixed_label to a class in [0, {self.num_classes}) (got {fixed})")
+    return fixed
 
   def teacher_batch(self, step, batch_size):
     del step  # the iterator's own position (checkpointed) defines the batch

@@ -199,9 +199,9 @@ def get_teacher(config, workdir: str, problem: Problem, writer: MetricWriter, tr
   path = config.teacher.checkpoint or os.path.join(workdir, "teacher")
   if config.teacher.source == "checkpoint" or os.path.exists(os.path.join(path, ckpt.TEACHER_META)):
     params, meta = ckpt.load_teacher(path)
-    if meta.get("model") and dict(meta["model"]) != dict(config.model):
-      raise ValueError(f"the teacher in {path} was trained with model {meta['model']}, but the "
-                       f"config says {dict(config.model)}; make them agree")
+    why = ckpt.teacher_mismatch(meta, config)
+    if why:
+      raise ValueError(f"the teacher in {path} does not fit this config: {why}; make them agree")
     logging.info("loaded teacher from %s", path)
     return params
   if not train:

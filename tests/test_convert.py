@@ -77,7 +77,8 @@ def test_full_size_key_listing_matches_preset(name):
   assert len(report["mapping"]) == len(listing["keys"])
   assert sorted(e["source"] for e in report["mapping"]) == sorted(listing["keys"])
   assert len({e["target"] for e in report["mapping"]}) == len(listing["keys"])
-  assert report["c_noise"] == {"i2sb": "i2sb_noise_levels"}.get(family, "ddbm_250logt")
+  # DBIM's inpainting teacher uses the I2SB schedule and its noise-level time input.
+  assert report["c_noise"] == {"ddbm": "ddbm_250logt"}.get(family, "i2sb_noise_levels")
   assert report["in_channels"] == (3 if family == "i2sb" else 6)
 
 

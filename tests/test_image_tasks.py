@@ -193,3 +193,328 @@ def test_unknown_option_is_a_clear_error(name):
   if name == "bench64":
     with pytest.raises(ValueError, match=r"unknown bench64 task 'sr8'.*'sr4'"):
       load_config(name, "sr8")
+
+
+def test_teacher_mismatch_names_what_differs():
+  """A saved or converted teacher is checked against the config: architecture (lists and tuples
+  alike, compute-only options ignored), input width and the time input of a converted network."""
+  from ibmd_jax import checkpoint
+
+  c = load_config("ddbm_e2h64", "tiny")
+  meta = {"model": json.loads(json.dumps(dict(c.model)))}  # a JSON round trip: tuples -> lists
+  meta["model"].update(dtype="bfloat16", remat=True)
+  assert checkpoint.teacher_mismatch(meta, c) is None
+  meta["model"]["channel_mult"] = [1, 2, 2]
+  assert "model.channel_mult: teacher [1, 2, 2], config [1, 2]" in checkpoint.teacher_mismatch(meta, c)
+  converted = {"model": dict(c.model), "family": "ddbm", "c_noise": "ddbm_250logt", "in_channels": 6}
+  assert checkpoint.teacher_mismatch(converted, c) is None
+  why = checkpoint.teacher_mismatch(dict(converted, in_channels=3), c)
+  assert "takes 3 input channels, but the config feeds 6" in why
+  why = checkpoint.teacher_mismatch(dict(converted, c_noise="i2sb_noise_levels"), c)
+  assert "i2sb_noise_levels" in why and "'log250'" in why
+  i2sb = load_config("i2sb_sr4_bicubic", "tiny")
+  why = checkpoint.teacher_mismatch(dict(converted, model=dict(i2sb.model)), i2sb)
+  assert "takes 6 input channels, but the config feeds 3" in why
+
+
+# ---------------------------------------------------------------------- end-to-end tiny runs
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _finite(row, keys):
+  for k in keys:
+    assert k in row and np.isfinite(row[k]), (k, row)
+
+
+def _check_distill_rows(rows, c):
+  distill = [r for r in rows if r["mode"] == "distill"]
+  assert [r["step"] for r in distill] == list(range(1, int(c.distill.rounds) + 1))
+  for r in distill:
+    _finite(r, ("gen_loss", "critic_loss", "teacher_term", "critic_term", "gen_grad_norm",
+                "critic_grad_norm"))
+    # L_θ = λ‖x̂0* − x0‖² − λ‖x̂0^φ − x0‖², logged as its two terms.
+    assert r["gen_loss"] == pytest.approx(r["teacher_term"] - r["critic_term"], abs=1e-5)
+    assert r["critic_grad_norm"] > 0 and r["gen_grad_norm"] > 0
+
+
+def _check_eval(workdir, c):
+  """eval/metrics.json: every sampler at every NFE with finite PSNR; the degraded input's PSNR
+  equals scikit-image's on the same evaluation images; one readable grid per student."""
+  from PIL import Image
+  from skimage.metrics import peak_signal_noise_ratio
+
+  from ibmd_jax import image_task
+
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    ev = json.load(f)
+  assert set(ev["teacher"]) == {str(n) for n in c.eval.teacher_nfes}
+  assert set(ev["student"]) == {str(n) for n in c.eval.student_steps}
+  for row in list(ev["teacher"].values()) + list(ev["student"].values()):
+    assert 5.0 < row["psnr"] < 60.0 and row["s_per_image"] > 0, row
+  es = image_task.EvalSet(c, "test", int(c.eval.num_images), int(c.eval.batch_size), int(c.seed))
+  ref = [peak_signal_noise_ratio(b["x0"][i], b["xT"][i], data_range=2.0)
+         for j, b in es.batches() for i in range(es.valid(j))]
+  assert len(ref) == c.eval.num_images
+  assert ev["input"]["psnr"] == pytest.approx(float(np.mean(ref)), abs=1e-3)
+  for steps in c.eval.student_steps:
+    path = os.path.join(workdir, "eval", f"grid_student{steps}.png")
+    grid = np.asarray(Image.open(path))
+    with open(os.path.splitext(path)[0] + ".txt") as f:
+      cols = f.read().split(":", 1)[1].split("|")
+    assert len(cols) == 4 and f"student {steps}-step" in cols[1]
+    rows = min(int(c.eval.grid_rows), int(c.eval.num_images))
+    size = int(c.data.image_size)
+    assert grid.ndim == 3 and grid.shape[2] == 3
+    assert grid.shape[0] >= rows * size and grid.shape[1] >= len(cols) * size
+    assert grid.std() > 10  # images, not a blank canvas
+  return ev
+
+
+def _cli_env():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  env.pop("XLA_FLAGS", None)  # one CPU device, as a user's run on a laptop
+  return env
+
+
+def _launch(module, *args, timeout=1500):
+  import subprocess
+  import sys
+
+  res = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=_cli_env(),
+                       capture_output=True, text=True, timeout=timeout)
+  assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+  return res
+
+
+def _check_teacher_rows(rows, c):
+  teacher = [r for r in rows if r["mode"] == "teacher"]
+  assert [r["step"] for r in teacher] == list(range(1, int(c.teacher.steps) + 1))
+  losses = np.array([r["loss"] for r in teacher])
+  assert np.all(np.isfinite(losses))
+  k = len(losses) // 3
+  print(f"teacher loss: first third {losses[:k].mean():.4f}, last third {losses[-k:].mean():.4f}")
+  assert losses[-k:].mean() < 0.9 * losses[:k].mean()  # bridge matching learns
+
+
+def _eval_summary(ev):
+  out = {"input": round(ev["input"]["psnr"], 2)}
+  for g in ("teacher", "student"):
+    out[g] = {k: round(v["psnr"], 2) for k, v in ev[g].items()}
+  return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["i2sb_sr4_bicubic", "ddbm_e2h64"])
+def test_tiny_pipeline_from_the_command_line(tmp_path, name):
+  """The documented CPU command: teacher -> IBMD -> evaluation with grids, for an I2SB-style
+  (unconditional, x̂0 = x_t − σ_t F) and a DDBM-style (VP bridge, EDM preconditioning, xT
+  concatenated) setup."""
+  workdir = str(tmp_path / name)
+  _launch("launch.main", f"--config=configs/{name}.py:tiny", f"--workdir={workdir}")
+  c = load_config(name, "tiny")
+  assert c.conditional == (name == "ddbm_e2h64")
+  rows = _rows(workdir)
+  assert {r["mode"] for r in rows} == {"teacher", "distill", "eval"}
+  _check_teacher_rows(rows, c)
+  _check_distill_rows(rows, c)
+  with open(os.path.join(workdir, "teacher", "teacher.json")) as f:
+    assert json.load(f)["model"]["channel_mult"] == list(c.model.channel_mult)
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(int(c.distill.rounds))))
+  print(name, json.dumps(_eval_summary(_check_eval(workdir, c))))
+
+
+# ---------------------------------------------------------------------- one round, every variant
+def _micro(c):
+  """A one-level UNet (a res-block and attention at 16x16, no resampling) on one device: the
+  compile-light network for checks of the data, masks, labels and the fused round."""
+  c.model.update(channel_mult=(1,), attention_resolutions=(1,), num_res_blocks=1)
+  c.mesh.data = 1
+  return c
+
+
+def _numpy_params(problem, seed=0):
+  """Teacher-shaped params with O(1) activations, drawn in numpy (XLA:CPU compiles the UNet's
+  threefry init slowly)."""
+  shapes = jax.eval_shape(lambda: problem.net.init(
+      jax.random.key(0), jnp.asarray(problem.example()), label=problem.example_label()))
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, a):
+    name = path[-1].key
+    n = rng.normal(size=a.shape).astype(np.float32)
+    if name == "kernel":
+      return n / math.sqrt(math.prod(a.shape[:-1]))
+    return 1.0 + 0.1 * n if name == "scale" else (n if name == "embedding" else 0.1 * n)
+
+  return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
+@pytest.mark.parametrize("name", ["i2sb_inpaint", "dbim_inpaint256"])
+def test_tiny_inpainting_runs_a_round(name):
+  """Centre inpainting: masks (1 = the 8x8 hole of 16x16) reach the round, I2SB's variant has no
+  noise input and a 4-step full-chain generator, DBIM's a class label (fixed: the photographs
+  have none), 1:1 critic ratio and a 4-step DMD2 generator; one fused round runs."""
+  from ibmd_jax import ibmd as ibmd_lib
+  from ibmd_jax import train
+
+  c = _micro(load_config(name, "tiny"))
+  problem = train.make_problem(c)
+  n, bs = int(c.distill.critic_steps) + 1, int(c.distill.batch_size)
+  assert n == (2 if name == "dbim_inpaint256" else 3)
+  batches = problem.distill_batches(0, n, bs)
+  assert batches["xT"].shape == (n, bs, 16, 16, 3)
+  mask = batches["mask"]
+  hole = np.zeros((16, 16), bool)
+  hole[4:12, 4:12] = True
+  assert np.all(mask[..., 4:12, 4:12, :] == 1) and np.all(mask[:, :, ~hole] == 0)
+  if name == "dbim_inpaint256":
+    assert batches["label"].dtype == np.int32 and np.all(batches["label"] == 0)
+    assert c.distill.z_channels == 3 and c.distill.multistep == "dmd2"
+  else:
+    assert "label" not in batches
+    assert c.distill.z_channels == 0 and c.distill.multistep == "full_chain"
+  assert c.distill.n_steps == 4
+
+  teacher = _numpy_params(problem)
+  state, gen_tx, critic_tx = train.init_distill_state(c, problem, teacher)
+  ib = train.make_ibmd(c, problem)
+  _, _, round_step = ibmd_lib.make_steps(ib, gen_tx, critic_tx, float(c.distill.ema))
+  batches = {k: jnp.asarray(v) for k, v in batches.items() if k != "x0"}
+  new, m = jax.jit(round_step)(state, teacher, batches, jax.random.key(0))
+  m = {k: float(v) for k, v in m.items()}
+  _finite(m, ("gen_loss", "critic_loss", "teacher_term", "critic_term"))
+  assert m["gen_loss"] == pytest.approx(m["teacher_term"] - m["critic_term"], abs=1e-5)
+  assert int(new.step) == 1
+  moved = lambda a, b: max(float(jnp.max(jnp.abs(x - y))) for x, y in
+                           zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert moved(new.gen, state.gen) > 0 and moved(new.critic, state.critic) > 0
+
+
+# ---------------------------------------------------------------------- converted teachers (issue 8)
+FIXTURE_SETUPS = {"i2sb_adm_small": ("i2sb", "i2sb_sr4_bicubic"),
+                  "ddbm_adm_small": ("ddbm", "ddbm_e2h64")}
+
+
+def _fixture_file(name):
+  path = os.path.join(FIXTURES, name)
+  if not os.path.exists(path):
+    pytest.skip(f"fixture {path} not found (set IBMD_FIXTURES)")
+  return path
+
+
+def _fixture_overrides(fixture: str, teacher_dir: str) -> dict:
+  """Command-line overrides that point the setup's tiny config at a converted fixture teacher:
+  its architecture (read off the fixture's constructor arguments), its image size and, for the
+  class-conditional DDBM fixture, a fixed label for the unlabelled photographs."""
+  from ibmd_jax import convert
+
+  family, setup = FIXTURE_SETUPS[fixture]
+  with open(_fixture_file(fixture + ".json")) as f:
+    arch = convert.config_from_adm_kwargs(json.load(f)["kwargs"])
+  base = load_config(setup, "tiny")
+  out = {"teacher.source": "checkpoint", "teacher.checkpoint": teacher_dir,
+         "data.image_size": arch["image_size"]}
+  for k, v in arch.items():
+    if base.model.get(k) != v:
+      out[f"model.{k}"] = v
+  if arch.get("num_classes"):
+    out["data.fixed_label"] = 3
+  return out
+
+
+def _apply(c, overrides):
+  for k, v in overrides.items():
+    node = c
+    *path, leaf = k.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def _flag(k, v):
+  return f"--config.{k}=" + (str(tuple(v)).replace(" ", "") if isinstance(v, tuple) else str(v))
+
+
+def _convert(tmp_path, fixture):
+  family, _ = FIXTURE_SETUPS[fixture]
+  workdir = str(tmp_path / "converted")
+  res = _launch("launch.convert", f"--src={_fixture_file(fixture + '.npz')}", f"--family={family}",
+                f"--adm_kwargs={_fixture_file(fixture + '.json')}", f"--workdir={workdir}",
+                "--noprint_mapping", timeout=600)
+  assert "every key used once and every param filled" in res.stdout
+  return os.path.join(workdir, "teacher")
+
+
+@pytest.mark.parametrize("fixture", sorted(FIXTURE_SETUPS))
+def test_converted_teacher_initialises_generator_and_samples(tmp_path, fixture):
+  """launch.convert -> a teacher the setup's config accepts; the distillation state starts from
+  the converted weights (critic equal, generator equal but for zero z weights), so the round-0
+  generator computes the teacher's one-step x̂0(xT, T) on real images; our sampler runs on it."""
+  from ibmd_jax import checkpoint, convert, train
+  from ibmd_jax.samplers import make_sampler
+
+  family, setup = FIXTURE_SETUPS[fixture]
+  teacher_dir = _convert(tmp_path, fixture)
+  c = _apply(load_config(setup, "tiny"), _fixture_overrides(fixture, teacher_dir))
+  c.mesh.data = 1
+  problem = train.make_problem(c)
+  teacher = train.get_teacher(c, str(tmp_path / "run"), problem, writer=None, train=False)
+  npz = np.load(_fixture_file(fixture + ".npz"))
+  ref, _ = convert.convert({k[6:]: npz[k] for k in npz.files if k.startswith("param/")},
+                           checkpoint.load_teacher(teacher_dir)[1]["model"], family)
+  jax.tree.map(np.testing.assert_array_equal, teacher, ref)
+
+  state, _, _ = train.init_distill_state(c, problem, teacher)
+  jax.tree.map(np.testing.assert_array_equal, state.critic, teacher)
+  in_ch = 6 if c.conditional else 3
+  flat_t = dict(jax.tree_util.tree_leaves_with_path(teacher))
+  for path, g in jax.tree_util.tree_leaves_with_path(state.gen):
+    t = np.asarray(flat_t[path])
+    if jax.tree_util.keystr(path) == "['input_blocks_0_0']['kernel']":
+      assert g.shape == (3, 3, in_ch + 3, c.model.model_channels)
+      np.testing.assert_array_equal(g[:, :, :in_ch], t)
+      assert not np.any(np.asarray(g[:, :, in_ch:]))  # z weights start at zero
+    else:
+      np.testing.assert_array_equal(g, t)
+
+  batch = problem.teacher_batch(0, 4)  # real photographs, degraded
+  xT = jnp.asarray(batch["xT"])
+  assert xT.shape == (4, 32, 32, 3)
+  label = jnp.full((4,), 3, jnp.int32) if c.model.num_classes else None
+  ib = train.make_ibmd(c, problem)
+  t_T = jnp.full((4,), problem.bridge.time_grid(1)[0])
+
+  @jax.jit
+  def both(gen, teacher, xT, key):
+    return (ib.generate(gen, xT, key, label=label, n_steps=1),
+            problem.net(teacher, xT, t_T, xT, label=label))
+
+  g, x0_hat = both(state.gen, teacher, xT, jax.random.key(5))
+  assert float(jnp.std(x0_hat)) > 0.1  # a non-trivial prediction
+  np.testing.assert_allclose(g, x0_hat, atol=2e-5, rtol=0)
+  out = make_sampler(problem.net, problem.bridge, 2)(teacher, xT, jax.random.key(6), label=label)
+  assert out.shape == xT.shape and bool(jnp.all(jnp.isfinite(out)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture", sorted(FIXTURE_SETUPS))
+def test_converted_teacher_distills_from_the_command_line(tmp_path, fixture):
+  """launch.convert, then launch.main with the setup's tiny config naming the converted teacher:
+  no teacher training, IBMD rounds from it, evaluation with our samplers and grids."""
+  _, setup = FIXTURE_SETUPS[fixture]
+  teacher_dir = _convert(tmp_path, fixture)
+  overrides = _fixture_overrides(fixture, teacher_dir)
+  workdir = str(tmp_path / "run")
+  _launch("launch.main", f"--config=configs/{setup}.py:tiny", f"--workdir={workdir}",
+          *[_flag(k, v) for k, v in overrides.items()])
+  c = _apply(load_config(setup, "tiny"), overrides)
+  rows = _rows(workdir)
+  assert {r["mode"] for r in rows} == {"distill", "eval"}  # the teacher was loaded, not trained
+  assert not os.path.exists(os.path.join(workdir, "teacher"))
+  _check_distill_rows(rows, c)
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["teacher"]["checkpoint"] == teacher_dir
+  print(fixture, json.dumps(_eval_summary(_check_eval(workdir, c))))
