@@ -12,6 +12,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (config, metrics, checkpoints).")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", "workdir",
+    "Persistent XLA compilation cache, so that a restart loads the compiled programs instead of "
+    "compiling again: 'workdir' (<workdir>/jax_cache), 'user' ($IBMD_JAX_CACHE or "
+    "~/.cache/ibmd_jax/jax_cache), a directory, or 'off'.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -20,7 +25,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # imported after flag parsing so that --help is fast
 
-  from ibmd_jax import train
+  from ibmd_jax import compile_cache, train
+
+  # Before the first compilation of the process: JAX reads the cache settings once.
+  cache_dir = compile_cache.enable(compile_cache.resolve(_CACHE.value, _WORKDIR.value))
 
   if _CONFIG.value.get("distributed", False):
     # Multi-host (TPU pod slice, multi-node GPU): must run before anything touches a device.
@@ -30,8 +38,8 @@ def main(argv):
   # Orbax logs every save at INFO; keep the console to our progress lines unless asked.
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  logging.warning("JAX %s, process %d/%d, devices: %s", jax.__version__, jax.process_index(),
-               jax.process_count(), jax.devices())
+  logging.warning("JAX %s, process %d/%d, devices: %s, compilation cache: %s", jax.__version__,
+                  jax.process_index(), jax.process_count(), jax.devices(), cache_dir or "off")
   train.run(_CONFIG.value, _WORKDIR.value)
 
 

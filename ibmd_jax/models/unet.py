@@ -22,6 +22,23 @@ import jax.numpy as jnp
 from ibmd_jax.models.mlp import timestep_embedding
 
 ATTENTION_LAYOUTS = ("legacy", "qkv_first")
+# Per-block rematerialisation: 'none' keeps every activation for the backward pass; 'full'
+# recomputes each ResBlock / AttentionBlock forward inside its backward (only block inputs are
+# kept); a jax.checkpoint_policies name keeps what the policy saves and recomputes the rest
+# ('dots_saveable': convolution and matmul outputs kept, norms and activations recomputed).
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "nothing_saveable", "everything_saveable")
+
+
+def remat_policy(remat) -> tuple:
+  """(rematerialise?, jax.checkpoint policy or None) for UNet.remat (a bool or a policy name)."""
+  if remat is False or remat is None or remat == "none":
+    return False, None
+  if remat is True or remat in ("full", "nothing_saveable"):
+    return True, None  # nn.remat without a policy saves nothing
+  if isinstance(remat, str) and remat in REMAT_POLICIES:
+    return True, getattr(jax.checkpoint_policies, remat)
+  raise ValueError(f"UNet remat must be a bool or one of {REMAT_POLICIES}, got {remat!r}")
 
 
 def _conv(features: int, kernel: int, name: str, dtype: Any, zero: bool = False) -> nn.Conv:
@@ -178,7 +195,7 @@ class UNet(nn.Module):
   attention_layout: str = "legacy"
   image_size: int = 256  # informational (guided-diffusion keeps it too); any divisible size runs
   dtype: Any = jnp.float32
-  remat: bool = False
+  remat: Any = False  # False/'none', True/'full', or a policy name in REMAT_POLICIES
   attention_impl: Optional[str] = None
 
   def heads_for(self, channels: int, upsample: bool) -> int:
@@ -211,8 +228,10 @@ class UNet(nn.Module):
       raise ValueError(f"c_noise must have shape [B]=({x.shape[0]},), got {c_noise.shape}")
 
     res_cls, attn_cls = ResBlock, AttentionBlock
-    if self.remat:
-      res_cls, attn_cls = nn.remat(ResBlock), nn.remat(AttentionBlock)
+    use_remat, policy = remat_policy(self.remat)
+    if use_remat:
+      res_cls = nn.remat(ResBlock, policy=policy)
+      attn_cls = nn.remat(AttentionBlock, policy=policy)
 
     def res(out_ch, name, up=False, down=False):
       return res_cls(out_ch, dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm,
