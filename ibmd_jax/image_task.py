@@ -147,7 +147,8 @@ class EvalOptions:
 
 
 def eval_options(config) -> EvalOptions:
-  """config.eval with defaults for keys an older config lacks; bad values are errors naming them."""
+  """config.eval with defaults for keys an older config lacks; bad values and missing weight files
+  are errors naming them (train._run calls this before any training in eval / pipeline mode)."""
   ec = config.eval
   get = lambda k, d: ec.get(k, d) if k in ec else d  # noqa: E731
   metrics = tuple(dict.fromkeys(str(m) for m in get("metrics", WEIGHT_FREE_METRICS)))
@@ -184,6 +185,10 @@ def eval_options(config) -> EvalOptions:
   if "ca" in metrics and not o.resnet_path:
     raise ValueError("eval.metrics 'ca' needs a ResNet-50 classifier: set eval.resnet_path to its "
                      f"weights file. {resnet.MISSING_HINT}")
+  for used, path, key, hint in ((need, o.inception_path, "inception_path", inception.MISSING_HINT),
+                                ("ca" in metrics, o.resnet_path, "resnet_path", resnet.MISSING_HINT)):
+    if used and not os.path.isfile(path):
+      raise FileNotFoundError(f"weights file not found: {path!r} (eval.{key}). {hint}")
   return o
 
 
@@ -559,7 +564,8 @@ def _write_outputs(config, workdir: str, results: dict, acc: dict, opts: EvalOpt
     plot = plot_quality(results, os.path.join(out_dir, "quality_vs_nfe.png"), panels=panels,
                         time_key="s_per_image", time_label="seconds per image (median over batches)",
                         baselines={"degraded input": results["input"]},
-                        title=f"{results['num_images']} {results['split']} images")
+                        title=f"{results['num_images']} {results['split']} images; "
+                        "the numbers at the points are teacher NFEs / student steps")
   table = format_eval_table(results)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write(f"# Evaluation\n\n{results['num_images']} images of the '{results['split']}' split, "

@@ -460,6 +460,11 @@ def plot_quality(results: dict, path: str, ylabel: str = "energy distance", *,
   floor_styles = (":", "--", "-.")
   fig, axes = plt.subplots(len(panels), 2, figsize=(9, 3.4 * len(panels)), squeeze=False)
   for row, (metric, mlabel, log) in zip(axes, panels):
+    vals = [v[metric] for who in ("exact_teacher", "teacher", "student")
+            for v in results.get(who, {}).values() if np.isfinite(v.get(metric, np.nan))]
+    vals += [abs(b[metric]) for b in baselines.values() if np.isfinite(b.get(metric, np.nan))]
+    if log and vals and max(vals) < 10 * max(min(vals), 1e-5):
+      log = False  # less than a decade: a linear axis reads better
     for ax, xkey, xlabel in ((row[0], "nfe", "network evaluations (NFE)"),
                              (row[1], time_key, time_label)):
       for who, style, label in (("exact_teacher", "^--", "exact teacher"),
@@ -524,6 +529,10 @@ def run(config, workdir: str) -> dict:
 def _run(config, workdir: str, writer: MetricWriter) -> dict:
   problem = make_problem(config)
   out: dict[str, Any] = {}
+  if config.mode in ("eval", "pipeline") and not isinstance(problem, ToyProblem):
+    from ibmd_jax import image_task  # bad eval settings fail now, not after the training
+
+    image_task.eval_options(config)
   teacher_params = get_teacher(config, workdir, problem, writer,
                                train=config.mode in ("teacher", "pipeline"))
   out["teacher"] = teacher_params

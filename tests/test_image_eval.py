@@ -1,6 +1,7 @@
 """Image evaluation (ibmd_jax.image_task.evaluate) on tiny 16x16 configs: files, metric values
 checked against independent computations, sharded == single device, clear errors for missing
 weight files, teacher-mode grids, and eval mode from a finished run's checkpoints."""
+import functools
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from PIL import Image
 
 from configs import images
 from ibmd_jax import data, image_task, samplers, train
+from ibmd_jax.denoiser import widen_like
 from ibmd_jax import sharding as shd
 from ibmd_jax.eval import inception
 from ibmd_jax.eval import metrics as M
@@ -25,6 +27,8 @@ ROWS = ("input", "reference")
 
 def _config(**eval_kw):
   cfg = images.paper("i2sb_sr4_bicubic", "tiny")
+  # one resolution level, no attention: the samplers compile in a few seconds on 2 CPUs
+  cfg.model.channel_mult, cfg.model.attention_resolutions = (1,), ()
   cfg.eval.num_images = N_IMAGES
   cfg.eval.batch_size = 8
   for k, v in eval_kw.items():
@@ -32,21 +36,36 @@ def _config(**eval_kw):
   return cfg
 
 
-def _params(cfg):
-  """A teacher and a generator with non-zero outputs (ADM zero-initialises its last conv, which
-  would make every sampler return its input): perturb all parameters a little."""
+@functools.lru_cache(maxsize=None)
+def _params():
+  """A teacher with non-zero outputs (ADM zero-initialises its last conv, which would make every
+  sampler return its input) and its generator (z weights zero, train.init_distill_state's rule),
+  drawn with numpy from the parameter shapes: compiling Flax's init costs a minute on 2 CPUs.
+  Built once: every test here has the same model."""
+  cfg = _config()
   problem = train.make_problem(cfg)
-  teacher = problem.net.init(jax.random.key(0), jnp.asarray(problem.example()))
-  leaves, tree = jax.tree.flatten(teacher)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  teacher = jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape)
-                                      for x, k in zip(leaves, keys)])
-  state, _, _ = train.init_distill_state(cfg, problem, teacher)
-  return problem, teacher, state.gen_ema
+  x = jnp.asarray(problem.example())
+  rng = np.random.default_rng(0)
+
+  def draw(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "scale" in name:
+      return (1.0 + 0.05 * rng.standard_normal(leaf.shape)).astype(np.float32)
+    if "bias" in name:
+      return (0.05 * rng.standard_normal(leaf.shape)).astype(np.float32)
+    fan_in = int(np.prod(leaf.shape[:-1])) or 1
+    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+  shapes = jax.eval_shape(lambda: problem.net.init(jax.random.key(0), x))
+  teacher = jax.tree_util.tree_map_with_path(draw, shapes)
+  z = int(cfg.distill.z_channels)
+  gen_shapes = jax.eval_shape(lambda: problem.net.init(jax.random.key(0), x, z_channels=z))
+  gen = jax.tree.map(np.asarray, widen_like(teacher, gen_shapes))
+  return problem, teacher, gen
 
 
 def _eval(cfg, workdir, mesh=None):
-  problem, teacher, gen = _params(cfg)
+  problem, teacher, gen = _params()
   os.makedirs(workdir, exist_ok=True)
   writer = train.MetricWriter(workdir)
   try:
@@ -195,6 +214,11 @@ def test_missing_inception_file_fails_before_sampling(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="test split has"):
     image_task.evaluate(_config(num_images=10**6), str(tmp_path), problem, {}, None, None)
   assert not os.path.exists(tmp_path / "eval")
+  # a pipeline stops before training the teacher, not after distilling
+  cfg.mode = "pipeline"
+  with pytest.raises(FileNotFoundError, match="eval.inception_path"):
+    train.run(cfg, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "teacher")
 
 
 @pytest.mark.slow  # the Inception at 299x299 on CPU: minutes
@@ -208,7 +232,7 @@ def test_teacher_only_fid_kid_is_with_local_inception_weights(tmp_path, monkeypa
   monkeypatch.setattr(inception, "load_inception", lambda p: seen.append(p) or variables)
   cfg = _config(metrics=("psnr", "fid", "kid", "is"), inception_path=str(weights),
                 teacher_nfes=(1,), num_images=8)
-  problem, teacher, _ = _params(cfg)
+  problem, teacher, _ = _params()
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
   res = image_task.evaluate(cfg, workdir, problem, teacher, None, train.MetricWriter(workdir))
@@ -229,10 +253,13 @@ def test_teacher_only_fid_kid_is_with_local_inception_weights(tmp_path, monkeypa
   assert res["input"]["fid"] == pytest.approx(want, rel=1e-3, abs=1e-6)
 
 
-def test_teacher_mode_writes_sample_grid(tmp_path):
-  cfg = images.paper("i2sb_sr4_bicubic", "tiny")
+def test_teacher_mode_writes_sample_grid(tmp_path, monkeypatch):
+  """mode=teacher on an image config ends with a grid of the teacher's samples at eval.grid_nfes
+  (the training itself is replaced by our fixed parameters: it is tested elsewhere)."""
+  problem, teacher, _ = _params()
+  monkeypatch.setattr(train, "train_teacher", lambda *a: teacher)
+  cfg = _config()
   cfg.mode = "teacher"
-  cfg.teacher.steps = 2
   cfg.eval.grid_rows = 4
   workdir = str(tmp_path)
   out = train.run(cfg, workdir)
@@ -243,8 +270,16 @@ def test_teacher_mode_writes_sample_grid(tmp_path):
   assert open(os.path.join(workdir, "eval", "teacher_grid.txt")).read().strip() == (
       "columns: input | teacher NFE 1 | teacher NFE 2 | reference")
   ev = data.load_eval_set(dict(cfg.data), int(cfg.eval.num_images), int(cfg.seed))
-  ref = image_task.to_uint8(ev["x0"][0]).repeat(4, 0).repeat(4, 1)
-  np.testing.assert_array_equal(g[28:28 + 64, 2 + 3 * 66:2 + 3 * 66 + 64], ref)
+  cell = lambda i, j: g[28 + i * 66:28 + i * 66 + 64, 2 + j * 66:2 + j * 66 + 64]  # noqa: E731
+  big = lambda x: image_task.to_uint8(x).repeat(4, 0).repeat(4, 1)  # noqa: E731
+  for i in range(4):
+    np.testing.assert_array_equal(cell(i, 0), big(ev["xT"][i]))
+    np.testing.assert_array_equal(cell(i, 3), big(ev["x0"][i]))
+  # the NFE-2 column is the sampler's output for those inputs
+  want = samplers.make_sampler(problem.net, problem.bridge, 2)(
+      teacher, ev["xT"][:4], jax.random.fold_in(jax.random.key(int(cfg.seed) + 4), 2))
+  for i in range(4):
+    np.testing.assert_array_equal(cell(i, 2), big(np.asarray(want)[i]))
 
 
 @pytest.mark.slow
