@@ -266,17 +266,13 @@ def _to_host(tree):
   return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
-def _model_label(problem: ImageProblem, config, batch: dict, size: int):
+def _model_label(problem: ImageProblem, batch: dict, size: int):
   """The class labels the network is given (class-conditional teachers only)."""
   if not problem.num_classes:
     return None
   if "label" in batch:
     return batch["label"]
-  fixed = int(config.data.get("fixed_label", -1))
-  if fixed < 0:
-    raise ValueError("the network is class-conditional (model.num_classes) but the evaluation "
-                     "data has no labels: set data.class_conditional=True or data.fixed_label")
-  return np.full((size,), fixed, np.int32)
+  return np.full((size,), problem._fixed_label(), np.int32)  # as in training
 
 
 class _Accumulator:
@@ -442,7 +438,7 @@ def evaluate(config, workdir: str, problem: ImageProblem, teacher_params, gen_pa
   for j, local in evset.batches():
     valid = evset.valid(j)
     gb = {k: shd.global_batch(mesh, v) for k, v in local.items() if k in ("x0", "xT", "mask")}
-    lab = _model_label(problem, config, local, len(local["x0"]))
+    lab = _model_label(problem, local, len(local["x0"]))
     model_batch = {k: gb[k] for k in ("xT", "mask") if k in gb}
     if lab is not None:
       model_batch["label"] = shd.global_batch(mesh, lab)
@@ -671,7 +667,7 @@ def teacher_grid(config, workdir: str, problem: ImageProblem, teacher_params) ->
                   seed if split == "test" else seed + 7)
   batch = evset.local_batch(0)
   n = evset.valid(0)
-  lab = _model_label(problem, config, batch, len(batch["x0"]))
+  lab = _model_label(problem, batch, len(batch["x0"]))
   mask = batch.get("mask")
   cols = [("input", batch["xT"][:n])]
   key = jax.random.key(seed + 4)
