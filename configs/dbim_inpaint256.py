@@ -11,7 +11,7 @@ then pass --config.data.tfds_data_dir=DIR.
 
   python -m launch.main --config=configs/dbim_inpaint256.py --workdir=/tmp/dbim_inpaint256 \
       --config.data.tfds_data_dir=DIR
-  # the CPU variant, under a minute:
+  # the CPU variant (a few minutes on two CPU cores, most of it compilation):
   python -m launch.main --config=configs/dbim_inpaint256.py:tiny --workdir=/tmp/dbim_inpaint256_tiny
 
 Settings: configs/images.py (SETUPS['dbim_inpaint256']).

@@ -9,7 +9,7 @@ Data: DIODE outdoor as ./data/diode_outdoor/{train,val}/**/NAME.png + NAME_norma
 preprocessing; or --config.data.path=...).
 
   python -m launch.main --config=configs/ddbm_diode256.py --workdir=/tmp/ddbm_diode256
-  # the CPU variant, under a minute:
+  # the CPU variant (a few minutes on two CPU cores, most of it compilation):
   python -m launch.main --config=configs/ddbm_diode256.py:tiny --workdir=/tmp/ddbm_diode256_tiny
 
 Settings: configs/images.py (SETUPS['ddbm_diode256']).

@@ -9,7 +9,7 @@ Data: pix2pix edges2handbags unpacked to ./data/edges2handbags/{train,val}/*.jpg
 --config.data.path=...).
 
   python -m launch.main --config=configs/ddbm_e2h64.py --workdir=/tmp/ddbm_e2h64
-  # the CPU variant, under a minute:
+  # the CPU variant (a few minutes on two CPU cores, most of it compilation):
   python -m launch.main --config=configs/ddbm_e2h64.py:tiny --workdir=/tmp/ddbm_e2h64_tiny
 
 Settings: configs/images.py (SETUPS['ddbm_e2h64']).

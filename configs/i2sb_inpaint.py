@@ -12,7 +12,7 @@ then pass --config.data.tfds_data_dir=DIR.
 
   python -m launch.main --config=configs/i2sb_inpaint.py --workdir=/tmp/i2sb_inpaint \
       --config.data.tfds_data_dir=DIR
-  # the CPU variant, under a minute:
+  # the CPU variant (a few minutes on two CPU cores, most of it compilation):
   python -m launch.main --config=configs/i2sb_inpaint.py:tiny --workdir=/tmp/i2sb_inpaint_tiny
 
 Settings: configs/images.py (SETUPS['i2sb_inpaint']).

@@ -10,7 +10,7 @@ then pass --config.data.tfds_data_dir=DIR.
 
   python -m launch.main --config=configs/i2sb_jpeg10.py --workdir=/tmp/i2sb_jpeg10 \
       --config.data.tfds_data_dir=DIR
-  # the CPU variant, under a minute:
+  # the CPU variant (a few minutes on two CPU cores, most of it compilation):
   python -m launch.main --config=configs/i2sb_jpeg10.py:tiny --workdir=/tmp/i2sb_jpeg10_tiny
 
 Settings: configs/images.py (SETUPS['i2sb_jpeg10']).

@@ -518,3 +518,54 @@ def test_converted_teacher_distills_from_the_command_line(tmp_path, fixture):
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["teacher"]["checkpoint"] == teacher_dir
   print(fixture, json.dumps(_eval_summary(_check_eval(workdir, c))))
+
+
+def _docstring_command(name: str, module: str) -> list:
+  """The `python -m <module> ...` command of a config file's docstring, as argv."""
+  import re
+  import shlex
+
+  with open(os.path.join(REPO, "configs", name + ".py")) as f:
+    doc = f.read().split('"""')[1].replace("\\\n", " ")
+  m = re.search(rf"python -m {re.escape(module)} ([^\n]*)", doc)
+  assert m, f"configs/{name}.py documents no `python -m {module}` command"
+  return shlex.split(m.group(1))
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_docstring_commands_match_the_config(name):
+  """Each config's docstring converts the right official checkpoint (family, preset) into the
+  directory its teacher.checkpoint names, and runs this very config file."""
+  from ibmd_jax.models.unet import PRESETS
+
+  args = dict(a[2:].split("=", 1) for a in _docstring_command(name, "launch.convert"))
+  assert set(args) == {"src", "family", "preset", "workdir"}
+  c = load_config(name)
+  assert args["family"] == PAPER[name]["family"]
+  assert os.path.join(args["workdir"], "teacher") == c.teacher.checkpoint
+  arch = {k: v for k, v in c.model.items() if k not in COMPUTE_ONLY + ("name",)}
+  assert PRESETS[args["preset"]] == arch
+  run = _docstring_command(name, "launch.main")
+  assert run[0] == f"--config=configs/{name}.py"
+
+
+@pytest.mark.parametrize("name", ["i2sb_sr4_bicubic", "ddbm_e2h64", "ddbm_diode256",
+                                  "dbim_inpaint256"])
+def test_docstring_convert_command_runs(tmp_path, name):
+  """The documented conversion command (one per distinct family and preset), run for real on a
+  small fixture in place of the official file: the flags parse, the preset exists, and the
+  converter refuses the wrong-sized state dict with an error naming the first key that does not
+  fit (the full-size key listings are matched in tests/test_convert.py)."""
+  import subprocess
+  import sys
+
+  fixture = "i2sb_adm_small" if name.startswith("i2sb") else "ddbm_adm_small"
+  args = [f"--src={_fixture_file(fixture + '.npz')}" if a.startswith("--src=") else
+          f"--workdir={tmp_path / 'teachers'}" if a.startswith("--workdir=") else a
+          for a in _docstring_command(name, "launch.convert")]
+  res = subprocess.run([sys.executable, "-m", "launch.convert", *args], cwd=REPO, env=_cli_env(),
+                       capture_output=True, text=True, timeout=600)
+  assert res.returncode != 0
+  assert "error: cannot convert" in res.stderr and "source key 'time_embed.0.weight'" in res.stderr, \
+      res.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "teachers" / "teacher")
