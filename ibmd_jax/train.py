@@ -385,13 +385,29 @@ def evaluate_toy(config, workdir: str, problem: ToyProblem, teacher_params, gen_
     xT_rep = jnp.broadcast_to(xT, (n,) + xT.shape).reshape(n * c, -1)
     dist = lambda s: float(toy.conditional_energy_distance(s.reshape(n, c, -1), truth))
     floor = float(toy.conditional_energy_distance(truth2, truth))
+    k_modes = gmm.w.shape[0]
+
+    def freqs(s):  # per condition: the fraction of samples nearest to each component's mean
+      modes = gmm.mode_of(s.reshape(n, c, -1), xT[None])  # [n, c]
+      return np.asarray(jax.nn.one_hot(modes, k_modes).mean(0))  # [c, K]
+
+    truth_freq = freqs(truth)
+
+    def coverage(s):  # total variation to the truth's frequencies, averaged over conditions
+      f = freqs(s)
+      return {"mode_tv": float(0.5 * np.abs(f - truth_freq).sum(-1).mean()),
+              "mode_freq": [round(float(v), 4) for v in f.mean(0)]}
   else:  # unconditional: outputs over p(xT) against the data marginal p(x0)
     m = n * c // 4
     x0, xT_rep, _ = gmm.sample(jax.random.fold_in(key, 0), m)
     ref = gmm.sample(jax.random.fold_in(key, 1), m)[0]
     dist = lambda s: float(toy.energy_distance(s, ref))
     floor = float(toy.energy_distance(x0, ref))
+    coverage = lambda s: {}
   results = {"noise_floor": floor, "teacher": {}, "student": {}}
+  if problem.conditional:
+    results["mode_tv_floor"] = coverage(truth2)["mode_tv"]
+    results["true_mode_freq"] = [round(float(v), 4) for v in truth_freq.mean(0)]
   for kind in ec.teachers:
     if kind not in ("exact", "network"):
       raise ValueError(f"eval.teachers entries must be 'exact' or 'network', got {kind!r}")
@@ -401,7 +417,7 @@ def evaluate_toy(config, workdir: str, problem: ToyProblem, teacher_params, gen_
     for nfe in ec.teacher_nfes:
       sampler = make_sampler(teacher_fn, problem.bridge, int(nfe))
       out, sec = _timed(sampler, teacher_params, xT_rep, jax.random.fold_in(key, 10 + nfe))
-      results[entry][str(nfe)] = {"energy_distance": dist(out),
+      results[entry][str(nfe)] = {"energy_distance": dist(out), **coverage(out),
                                   "us_per_sample": 1e6 * sec / len(out)}
   if gen_params is not None:
     for steps in ec.student_steps:
@@ -410,12 +426,14 @@ def evaluate_toy(config, workdir: str, problem: ToyProblem, teacher_params, gen_
       ib = make_ibmd(config, problem)
       gen = jax.jit(lambda p, x, k, s=int(steps): ib.generate(p, x, k, n_steps=s))
       out, sec = _timed(gen, gen_params, xT_rep, jax.random.fold_in(key, 100 + steps))
-      results["student"][str(steps)] = {"energy_distance": dist(out),
+      results["student"][str(steps)] = {"energy_distance": dist(out), **coverage(out),
                                         "us_per_sample": 1e6 * sec / len(out)}
   flat = {f"teacher_nfe{k}_ed": v["energy_distance"] for k, v in results["teacher"].items()}
   flat.update({f"exact_teacher_nfe{k}_ed": v["energy_distance"]
                for k, v in results.get("exact_teacher", {}).items()})
   flat.update({f"student_{k}step_ed": v["energy_distance"] for k, v in results["student"].items()})
+  flat.update({f"student_{k}step_mode_tv": v["mode_tv"] for k, v in results["student"].items()
+               if "mode_tv" in v})
   writer.write("eval", int(config.distill.rounds), {"noise_floor": floor, **flat})
   os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
   with open(os.path.join(workdir, "eval", "metrics.json"), "w") as f:
@@ -504,13 +522,21 @@ def plot_quality(results: dict, path: str, ylabel: str = "energy distance", *,
 
 def format_table(results: dict, conditional: bool) -> str:
   what = "E_xT ED(samples, p(x0|xT))" if conditional else "ED(samples over p(xT), p(x0))"
-  lines = [f"| sampler | NFE | {what} | µs / sample |", "|---|---|---|---|"]
+  cov = conditional and "mode_tv_floor" in results
+  head = f"| sampler | NFE | {what} |" + (" mode TV ↓ | mode frequencies |" if cov else "")
+  lines = [head + " µs / sample |", "|---|---|---|" + ("---|---|" if cov else "") + "---|"]
+
+  def row(label, k, v):
+    extra = (f" {v['mode_tv']:.3f} | {' '.join(f'{f:.2f}' for f in v['mode_freq'])} |"
+             if cov else "")
+    return f"| {label} | {k} | {v['energy_distance']:.4f} |{extra} {v['us_per_sample']:.2f} |"
+
   for entry, label in (("exact_teacher", "exact teacher (closed form)"), ("teacher", "teacher (network)")):
-    for k, v in results.get(entry, {}).items():
-      lines.append(f"| {label} | {k} | {v['energy_distance']:.4f} | {v['us_per_sample']:.2f} |")
-  for k, v in results["student"].items():
-    lines.append(f"| IBMD student | {k} | {v['energy_distance']:.4f} | {v['us_per_sample']:.2f} |")
-  lines.append(f"| (two true sample sets: noise floor) | – | {results['noise_floor']:.4f} | – |")
+    lines += [row(label, k, v) for k, v in results.get(entry, {}).items()]
+  lines += [row("IBMD student", k, v) for k, v in results["student"].items()]
+  floor = (f" {results['mode_tv_floor']:.3f} | {' '.join(f'{f:.2f}' for f in results['true_mode_freq'])} |"
+           if cov else "")
+  lines.append(f"| (two true sample sets: noise floor) | – | {results['noise_floor']:.4f} |{floor} – |")
   return "\n".join(lines)
 
 
