@@ -22,9 +22,10 @@ import jax.numpy as jnp
 from ibmd_jax.models.mlp import timestep_embedding
 
 ATTENTION_LAYOUTS = ("legacy", "qkv_first")
-# Per-block rematerialisation: 'none' keeps every activation for the backward pass; 'full'
-# recomputes each ResBlock / AttentionBlock forward inside its backward (only block inputs are
-# kept); a jax.checkpoint_policies name keeps what the policy saves and recomputes the rest
+# Per-block rematerialisation: 'none' keeps every activation for the backward pass; 'full' keeps
+# only each ResBlock / AttentionBlock's inputs and recomputes, in the block's backward, what that
+# backward needs (about 0.6 of a forward for the ADM presets, bench/flops.py); a
+# jax.checkpoint_policies name keeps what the policy saves and recomputes the rest
 # ('dots_saveable': convolution and matmul outputs kept, norms and activations recomputed).
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
                   "nothing_saveable", "everything_saveable")
