@@ -139,7 +139,7 @@ def make(*, family: str, model: dict, data: dict, rounds: int, n_steps: int = 1,
          teacher_checkpoint: str = "", teacher_steps: int = 400_000, teacher_batch: int = 256,
          teacher_lr: float | None = None, batch_size: int = 256, lr: float | None = None,
          teacher_nfes=(1, 2, 4, 10, 100, 1000), student_steps=(1, 2), num_images: int = 256,
-         eval_batch: int = 64, dtype: str = "bfloat16", remat: bool = False) -> ml_collections.ConfigDict:
+         eval_batch: int = 64, dtype: str = "bfloat16", remat: str = "none") -> ml_collections.ConfigDict:
   """A full config (the layout of configs/toy_cond.py) for an image setup of a teacher family."""
   fam = FAMILIES[family]
   c = ml_collections.ConfigDict()
@@ -151,6 +151,7 @@ def make(*, family: str, model: dict, data: dict, rounds: int, n_steps: int = 1,
   c.data = data_config(**data)
   c.conditional = fam["conditional"]  # DDBM-style: xT is a network input (channel concat)
   c.bridge = bridge_config(**dict(fam["bridge"], **(bridge or {})))
+  # remat: "none", "full" or a jax.checkpoint_policies name (ibmd_jax/models/unet.py REMAT_POLICIES)
   c.model = ml_collections.ConfigDict(dict(name="unet", **model, dtype=dtype, remat=remat,
                                            attention_impl=config_dict.placeholder(str)))
   if c.model.get("num_classes") is None:  # overridable from the command line (an int or None)
@@ -227,7 +228,7 @@ def shrink(c: ml_collections.ConfigDict, degradation: str | None = None,
   c.model.update(TINY_UNET)
   c.model.image_size = 16
   c.model.dtype = "float32"
-  c.model.remat = False
+  c.model.remat = "none"
   c.log_every = 1
   c.teacher.steps = 60  # enough for a visible loss drop with either family at batch 8
   c.teacher.batch_size = 8
@@ -256,7 +257,8 @@ def paper(name: str, arg: str = "") -> ml_collections.ConfigDict:
   preset = dict(PRESETS[s["preset"]])
   c = make(family=s["family"], model=preset, data=s["data"], rounds=rounds, n_steps=n_steps,
            z=s.get("z", True), bridge=s.get("bridge"), teacher_source="checkpoint",
-           teacher_checkpoint=f"./teachers/{name}/teacher", remat=s["data"]["image_size"] >= 256,
+           teacher_checkpoint=f"./teachers/{name}/teacher",
+           remat="full" if s["data"]["image_size"] >= 256 else "none",
            student_steps=s.get("student_steps", (1, 2)))
   if tiny:
     shrink(c, degradation=s.get("tiny_degradation"))
