@@ -159,6 +159,7 @@ def make_coupling(name: str, dim: int = 2) -> JointGMM:
 
 
 # ---------------------------------------------------------------------- distances
+@jax.jit
 def energy_distance(x, y) -> jax.Array:
   """Unbiased energy distance 2E|X−Y| − E|X−X'| − E|Y−Y'| between samples x [n, D], y [m, D].
 
@@ -175,6 +176,7 @@ def energy_distance(x, y) -> jax.Array:
   return 2 * mean_dist(x, y, False) - mean_dist(x, x, True) - mean_dist(y, y, True)
 
 
+@jax.jit
 def conditional_energy_distance(samples, truth) -> jax.Array:
   """Mean over conditions of the energy distance; samples/truth [n, C, D] (C held-out xT)."""
   return jnp.mean(jax.vmap(energy_distance, in_axes=(1, 1))(samples, truth))

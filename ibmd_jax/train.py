@@ -12,6 +12,7 @@ checkpoint; a teacher already in <workdir>/teacher is reused.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -133,14 +134,26 @@ class ToyProblem(Problem):
     return np.zeros((2, self.gmm.dim), np.float32)
 
   def teacher_batch(self, step, batch_size):
-    key = jax.random.fold_in(jax.random.key(self.seed + 11), step)
-    x0, xT, _ = self.gmm.sample(key, batch_size)
+    x0, xT = _toy_teacher_batch(self.gmm, self.seed, step, batch_size)
     return {"x0": np.asarray(x0), "xT": np.asarray(xT)}
 
   def distill_batches(self, round_, n, batch_size):
-    key = jax.random.fold_in(jax.random.key(self.seed + 12), round_)
-    xT = self.gmm.sample_xT(key, n * batch_size)
-    return {"xT": np.asarray(xT).reshape(n, batch_size, -1)}
+    return {"xT": np.asarray(_toy_distill_xT(self.gmm, self.seed, round_, n, batch_size))}
+
+
+# One compiled program per batch shape (eagerly, each of the sampler's dozen ops would be compiled
+# and dispatched on its own at every step).
+@functools.partial(jax.jit, static_argnums=(1, 3))
+def _toy_teacher_batch(gmm: toy.JointGMM, seed: int, step, batch_size: int):
+  key = jax.random.fold_in(jax.random.key(seed + 11), step)
+  x0, xT, _ = gmm.sample(key, batch_size)
+  return x0, xT
+
+
+@functools.partial(jax.jit, static_argnums=(1, 3, 4))
+def _toy_distill_xT(gmm: toy.JointGMM, seed: int, round_, n: int, batch_size: int):
+  key = jax.random.fold_in(jax.random.key(seed + 12), round_)
+  return gmm.sample_xT(key, n * batch_size).reshape(n, batch_size, -1)
 
 
 def make_problem(config) -> Problem:
@@ -379,17 +392,21 @@ def evaluate_toy(config, workdir: str, problem: ToyProblem, teacher_params, gen_
   n, c = int(ec.samples_per_condition), int(ec.num_conditions)
   gmm = problem.gmm
   if problem.conditional:
-    xT = gmm.sample_xT(jax.random.fold_in(key, 0), c)
-    truth, _ = gmm.sample_x0_given_xT(jax.random.fold_in(key, 1), xT, n)
-    truth2, _ = gmm.sample_x0_given_xT(jax.random.fold_in(key, 2), xT, n)
+    xT = jax.jit(gmm.sample_xT, static_argnums=1)(jax.random.fold_in(key, 0), c)
+    sample_truth = jax.jit(gmm.sample_x0_given_xT, static_argnums=2)
+    truth, _ = sample_truth(jax.random.fold_in(key, 1), xT, n)
+    truth2, _ = sample_truth(jax.random.fold_in(key, 2), xT, n)
     xT_rep = jnp.broadcast_to(xT, (n,) + xT.shape).reshape(n * c, -1)
     dist = lambda s: float(toy.conditional_energy_distance(s.reshape(n, c, -1), truth))
     floor = float(toy.conditional_energy_distance(truth2, truth))
     k_modes = gmm.w.shape[0]
 
-    def freqs(s):  # per condition: the fraction of samples nearest to each component's mean
+    @jax.jit
+    def _freqs(s):  # per condition: the fraction of samples nearest to each component's mean
       modes = gmm.mode_of(s.reshape(n, c, -1), xT[None])  # [n, c]
-      return np.asarray(jax.nn.one_hot(modes, k_modes).mean(0))  # [c, K]
+      return jax.nn.one_hot(modes, k_modes).mean(0)  # [c, K]
+
+    freqs = lambda s: np.asarray(_freqs(s))
 
     truth_freq = freqs(truth)
 
@@ -399,8 +416,9 @@ def evaluate_toy(config, workdir: str, problem: ToyProblem, teacher_params, gen_
               "mode_freq": [round(float(v), 4) for v in f.mean(0)]}
   else:  # unconditional: outputs over p(xT) against the data marginal p(x0)
     m = n * c // 4
-    x0, xT_rep, _ = gmm.sample(jax.random.fold_in(key, 0), m)
-    ref = gmm.sample(jax.random.fold_in(key, 1), m)[0]
+    sample = jax.jit(gmm.sample, static_argnums=1)
+    x0, xT_rep, _ = sample(jax.random.fold_in(key, 0), m)
+    ref = sample(jax.random.fold_in(key, 1), m)[0]
     dist = lambda s: float(toy.energy_distance(s, ref))
     floor = float(toy.energy_distance(x0, ref))
     coverage = lambda s: {}
