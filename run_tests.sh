@@ -2,6 +2,7 @@
 # Runs the test suite in a local virtual environment, creating it and installing what it needs.
 #   ./run_tests.sh            the default suite (slow tests skipped)
 #   ./run_tests.sh -m slow    the long convergence / full-size runs
+#   IBMD_TEST_WORKERS=0 ./run_tests.sh tests/test_x.py   one process (e.g. for -s or pdb)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${IBMD_VENV:-.venv}"
@@ -11,4 +12,9 @@ VENV="${IBMD_VENV:-.venv}"
 # PyTorch is optional (checkpoint import and parity tests only); without it those tests skip.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0" \
   || echo "note: torch could not be installed; torch parity tests will be skipped"
-exec "$VENV/bin/python" -m pytest "$@"
+# Tests run in parallel processes, one per core up to 4 (IBMD_TEST_WORKERS overrides; 0 = one
+# process), each test file on one worker so that its module fixtures are built once.
+WORKERS="${IBMD_TEST_WORKERS:-$("$VENV/bin/python" -c 'import os; print(min(len(os.sched_getaffinity(0)), 4))')}"
+PAR=()
+[ "$WORKERS" -gt 0 ] && PAR=(-n "$WORKERS" --dist loadfile)
+exec "$VENV/bin/python" -m pytest "${PAR[@]}" "$@"

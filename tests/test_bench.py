@@ -83,6 +83,7 @@ def _load(path):
     return json.load(f)
 
 
+@pytest.mark.slow  # a benchmark script end to end (~30-60 s on 2 cores)
 def test_round_bench_separate_mid_agrees_with_xla(tmp_path):
   """One IBMD round of the 'mid' UNet (ADM widths): timings sane, and XLA's count of the very
   critic_step and generator_step programs equals the analytic round count within 3%."""
@@ -138,6 +139,7 @@ def test_round_bench_rejects_bad_remat():
     ibmd_round.main(["--preset", "micro", "--remat", "dots", "--peak_tflops", "1"])
 
 
+@pytest.mark.slow  # a benchmark script end to end (~30-60 s on 2 cores)
 def test_sampling_bench(tmp_path):
   out = str(tmp_path / "sampling.json")
   sampling.main(["--preset", "micro", "--batch", "2", "--teacher_nfe", "3,1",

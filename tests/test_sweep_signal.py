@@ -36,7 +36,8 @@ def test_sigterm_saves_a_final_checkpoint(tmp_path):
   workdir = tmp_path / "run"
   args = [sys.executable, "-m", "launch.main", "--config=configs/toy_cond.py", f"--workdir={workdir}",
           "--config.teacher.steps=20", "--config.model.width=32", "--config.distill.rounds=100000",
-          "--config.distill.batch_size=16", "--config.checkpoint.every=1000000", "--config.log_every=1"]
+          "--config.distill.batch_size=16", "--config.checkpoint.every=1000000", "--config.log_every=1",
+          f"--compilation_cache={os.environ['IBMD_TEST_JAX_CACHE']}"]
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
   proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
@@ -63,7 +64,8 @@ def _launch_args(workdir, rounds):
           "--config.teacher.steps=20", "--config.model.width=32", f"--config.distill.rounds={rounds}",
           "--config.distill.batch_size=16", "--config.checkpoint.every=2", "--config.log_every=1",
           "--config.eval.teacher_nfes=(1,)", "--config.eval.student_steps=(1,)",
-          "--config.eval.num_conditions=2", "--config.eval.samples_per_condition=8"]
+          "--config.eval.num_conditions=2", "--config.eval.samples_per_condition=8",
+          f"--compilation_cache={os.environ['IBMD_TEST_JAX_CACHE']}"]  # shared: one compile
 
 
 def _losses(workdir):
