@@ -51,6 +51,7 @@ def test_pipeline_writes_everything(tmp_path, cfg_module):
   assert int(out["state"].step) == 6
 
 
+@pytest.mark.slow  # tests/test_sweep_signal.py checks the same through the launcher, killed with SIGKILL
 def test_distillation_resumes_exactly(tmp_path):
   """Stopping after 4 rounds and restarting to 8 gives the losses of an uninterrupted 8-round run."""
   def tiny(rounds):  # the cosine schedule's length fixed, so that it does not follow `rounds`

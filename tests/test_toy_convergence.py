@@ -24,7 +24,6 @@ def _eval(workdir):
 def cond_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("toy_cond"))
   c = toy_cond.get_config()
-  c.mesh.data = 1  # one device: the fake 8-device CPU mesh only slows this down
   train.run(c, workdir)
   return workdir
 
@@ -44,7 +43,6 @@ def test_one_step_conditional_student(cond_run):
 
 def test_two_step_conditional_student(cond_run, tmp_path):
   c = toy_cond.get_config()
-  c.mesh.data = 1
   c.teacher.checkpoint = os.path.join(cond_run, "teacher")  # the same trained teacher
   c.distill.n_steps = 2
   c.eval.teachers = ("exact",)
@@ -59,7 +57,6 @@ def test_two_step_conditional_student(cond_run, tmp_path):
 
 def test_unconditional_student_matches_the_marginal(tmp_path):
   c = toy_uncond.get_config()
-  c.mesh.data = 1
   train.run(c, str(tmp_path))
   ev = _eval(str(tmp_path))
   student, teacher100 = ev["student"]["1"]["energy_distance"], ev["teacher"]["100"]["energy_distance"]
