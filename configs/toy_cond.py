@@ -32,7 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.conditional = True  # DDBM-style: xT is a network input; False = I2SB-style unconditional
   # λ(t) = 1 (a plain x0-MSE) for the teacher, the critic and both generator terms. The teacher's
   # usual 1/c_out² weighting is just as valid for IBMD, but on this toy it makes the one-step
-  # generator collapse onto one mode (docs/toy_results.md); any λ > 0 keeps the objective's minimiser.
+  # generator misweight or collapse the modes (docs/toy_results.md); any λ > 0 keeps the
+  # objective's minimiser.
   c.bridge = bridge_config(kind="vp", precond="edm", weighting="uniform")
   c.model = ml_collections.ConfigDict(dict(name="mlp", width=256, depth=3, time_scale=1 / 250.0))
 

@@ -32,11 +32,11 @@ def test_one_step_conditional_student(cond_run):
   ev = _eval(cond_run)
   s1 = ev["student"]["1"]
   exact1, exact100 = ev["exact_teacher"]["1"], ev["exact_teacher"]["100"]
-  assert s1["energy_distance"] < 0.06  # measured 0.034
-  assert s1["energy_distance"] * 10 < exact1["energy_distance"]  # measured 1.60 / 0.034 = 48x
+  assert s1["energy_distance"] < 0.06  # measured 0.042 and 0.034 (two code versions, 1 device)
+  assert s1["energy_distance"] * 10 < exact1["energy_distance"]  # measured 1.60 / 0.042 = 38x
   assert exact100["energy_distance"] < 0.01  # the closed-form teacher converges (sanity)
   # Mode coverage: every mode within 0.06 of its true frequency, per-condition TV within 0.07 of
-  # the noise floor of two true sample sets (measured 0.085 vs floor 0.048).
+  # the noise floor of two true sample sets (measured 0.103 and 0.085 vs floor 0.048).
   np.testing.assert_allclose(s1["mode_freq"], ev["true_mode_freq"], atol=0.06)
   assert s1["mode_tv"] < ev["mode_tv_floor"] + 0.07
 
