@@ -29,6 +29,20 @@ BRIDGES = [  # (label, Bridge kwargs, eta)
 NFES = (1, 2, 4, 16, 100)
 
 
+def sampler_eds(g: toy.JointGMM, xT, truth, bridge_kwargs: dict, eta: float, nfes=NFES) -> dict:
+  """{nfe: E_xT ED(samples, truth)} of the sampler driven by the exact teacher of `bridge_kwargs`;
+  xT [C, D] held-out conditions, truth [n, C, D] true samples of p(x0 | xT)."""
+  n, c = truth.shape[:2]
+  b = Bridge(**bridge_kwargs)
+  pred = toy.exact_predictor(g, b, conditional=True)
+  xT_rep = jnp.broadcast_to(xT, (n,) + xT.shape).reshape(n * c, -1)
+  ed = {}
+  for nfe in nfes:
+    out = make_sampler(pred, b, nfe, eta=eta)(None, xT_rep, jax.random.key(nfe))
+    ed[nfe] = float(toy.conditional_energy_distance(out.reshape(n, c, -1), truth))
+  return ed
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--conditions", type=int, default=8)
@@ -41,16 +55,8 @@ def main(argv=None):
   truth, _ = g.sample_x0_given_xT(jax.random.key(2), xT, n)
   floor = float(toy.conditional_energy_distance(g.sample_x0_given_xT(jax.random.key(3), xT, n)[0],
                                                 truth))
-  xT_rep = jnp.broadcast_to(xT, (n,) + xT.shape).reshape(n * c, -1)
-  rows = []
-  for label, kw, eta in BRIDGES:
-    b = Bridge(**kw)
-    pred = toy.exact_predictor(g, b, conditional=True)
-    ed = {}
-    for nfe in NFES:
-      out = make_sampler(pred, b, nfe, eta=eta)(None, xT_rep, jax.random.key(nfe))
-      ed[nfe] = float(toy.conditional_energy_distance(out.reshape(n, c, -1), truth))
-    rows.append({"bridge": label, "kwargs": kw, "eta": eta, "ed": ed})
+  rows = [{"bridge": label, "kwargs": kw, "eta": eta, "ed": sampler_eds(g, xT, truth, kw, eta)}
+          for label, kw, eta in BRIDGES]
   lines = ["| bridge, sampler | " + " | ".join(f"NFE {k}" for k in NFES) + " |",
            "|---" * (len(NFES) + 1) + "|"]
   lines += [f"| {r['bridge']} | " + " | ".join(f"{r['ed'][k]:.4f}" for k in NFES) + " |" for r in rows]

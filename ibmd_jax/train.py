@@ -438,10 +438,10 @@ def evaluate_toy(config, workdir: str, problem: ToyProblem, teacher_params, gen_
       results[entry][str(nfe)] = {"energy_distance": dist(out), **coverage(out),
                                   "us_per_sample": 1e6 * sec / len(out)}
   if gen_params is not None:
+    ib = make_ibmd(config, problem)
     for steps in ec.student_steps:
       if steps > int(config.distill.n_steps) * 4:
         continue
-      ib = make_ibmd(config, problem)
       gen = jax.jit(lambda p, x, k, s=int(steps): ib.generate(p, x, k, n_steps=s))
       out, sec = _timed(gen, gen_params, xT_rep, jax.random.fold_in(key, 100 + steps))
       results["student"][str(steps)] = {"energy_distance": dist(out), **coverage(out),

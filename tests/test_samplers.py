@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bench import sampler_convergence
 from ibmd_jax import toy
 from ibmd_jax.bridges import Bridge
 from ibmd_jax.samplers import make_sampler
@@ -26,13 +27,7 @@ def _truth():
     (dict(kind="brownian"), 0.5)])
 def test_sampler_converges_with_nfe(cfg, eta):
   g, xT, truth, floor = _truth()
-  b = Bridge(**cfg)
-  pred = toy.exact_predictor(g, b, conditional=True)
-  xT_rep = jnp.broadcast_to(xT, (N,) + xT.shape).reshape(N * C, 2)
-  ed = {}
-  for nfe in (1, 2, 4, 16, 100):
-    out = make_sampler(pred, b, nfe, eta=eta)(None, xT_rep, jax.random.key(nfe))
-    ed[nfe] = float(toy.conditional_energy_distance(out.reshape(N, C, 2), truth))
+  ed = sampler_convergence.sampler_eds(g, xT, truth, cfg, eta, nfes=(1, 2, 4, 16, 100))
   # 1 NFE returns the posterior mean E[x0 | xT]: all modes collapsed (ED ≈ 1.6 on this coupling).
   assert ed[1] > 1.0, ed
   assert ed[4] < ed[2] < ed[1], ed
