@@ -322,3 +322,28 @@ def test_launcher_writes_the_compilation_cache(tmp_path):
   assert p.returncode == 0, p.stderr[-2000:]
   assert f"compilation cache: {cache}" in p.stderr
   assert os.path.isdir(cache)
+
+
+def test_toy_trajectory_ends_at_the_launchers_student_distance(tmp_path):
+  """bench/toy_trajectory.py replays the launcher's distillation: its last EMA distance is the
+  launcher's student_1step_ed for the same config and seed."""
+  from bench import toy_trajectory
+  from configs import toy_cond
+  from ibmd_jax import train
+
+  c = toy_cond.get_config()
+  c.seed = 3
+  c.teacher.steps, c.teacher.batch_size, c.model.width = 40, 64, 32
+  c.distill.rounds, c.distill.batch_size, c.distill.critic_steps = 6, 32, 2
+  c.eval.teachers, c.eval.student_steps = (), (1,)
+  c.eval.num_conditions, c.eval.samples_per_condition = 4, 40
+  wd = str(tmp_path / "run")
+  train.run(c, wd)
+  launcher = json.load(open(os.path.join(wd, "eval", "metrics.json")))["student"]["1"]
+  rows = toy_trajectory.trajectory(c, os.path.join(wd, "teacher"), every=4, echo=False)
+  assert [r["round"] for r in rows] == [4, 6]
+  np.testing.assert_allclose(rows[-1]["ema_ed"], launcher["energy_distance"], rtol=1e-3,
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="conditional toy"):
+    c.conditional = False
+    toy_trajectory.trajectory(c, os.path.join(wd, "teacher"))

@@ -1,0 +1,92 @@
+"""The toy student's distance to the truth along a distillation run, for seed and setting studies.
+
+Runs the launcher's distillation rounds (same problem, initialisation, batches, keys and evaluation
+set as `launch.main` with the same config and seed) from a trained teacher, and every --every
+rounds evaluates the raw and the EMA generator: E_xT energy distance to the true p(x0 | xT) on the
+launcher's held-out conditions. The last EMA value equals the launcher's `student_1step_ed`.
+
+  python bench/toy_trajectory.py --config=configs/toy_cond.py --teacher=runs/toy_cond/teacher \
+      --config.seed=1 --config.distill.critic_steps=1 [--every=100] [--out=traj.json]
+
+docs/toy_results.md ("Optimiser settings over seeds") lists the runs made with it.
+"""
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ibmd_jax import checkpoint as ckpt  # noqa: E402
+from ibmd_jax import ibmd as ibmd_lib  # noqa: E402
+from ibmd_jax import toy, train  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/toy_cond.py", "A toy config.")
+_TEACHER = flags.DEFINE_string("teacher", None, "Teacher directory (<workdir>/teacher of a run).")
+_EVERY = flags.DEFINE_integer("every", 100, "Rounds between evaluations.")
+_OUT = flags.DEFINE_string("out", "", "Optional JSON file for the trajectory.")
+
+
+def trajectory(c, teacher_dir: str, every: int = 100, echo: bool = True) -> list:
+  """[{round, raw_ed, ema_ed, seconds}] every `every` rounds of the distillation `c` describes."""
+  if c.data.kind != "toy" or not c.conditional:
+    raise ValueError("toy_trajectory measures the conditional toy: use configs/toy_cond.py")
+  problem = train.make_problem(c)
+  teacher, meta = ckpt.load_teacher(teacher_dir)
+  why = ckpt.teacher_mismatch(meta, c)
+  if why:
+    raise ValueError(f"the teacher in {teacher_dir} does not fit this config: {why}")
+  ib = train.make_ibmd(c, problem)
+  state, gen_tx, critic_tx = train.init_distill_state(c, problem, teacher)
+  _, _, round_step = ibmd_lib.make_steps(ib, gen_tx, critic_tx, float(c.distill.ema))
+  round_step = jax.jit(round_step)
+
+  # The launcher's evaluation set (train.evaluate_toy): held-out xT, true samples, student key.
+  key = jax.random.key(c.seed + 3)
+  n, m = int(c.eval.samples_per_condition), int(c.eval.num_conditions)
+  xT = problem.gmm.sample_xT(jax.random.fold_in(key, 0), m)
+  truth, _ = problem.gmm.sample_x0_given_xT(jax.random.fold_in(key, 1), xT, n)
+  xT_rep = jnp.broadcast_to(xT, (n,) + xT.shape).reshape(n * m, -1)
+
+  @jax.jit
+  def distance(params):
+    out = ib.generate(params, xT_rep, jax.random.fold_in(key, 101))
+    return toy.conditional_energy_distance(out.reshape(n, m, -1), truth)
+
+  round_key = jax.random.key(c.seed + 2)
+  n_batch, bs = int(c.distill.critic_steps) + 1, int(c.distill.batch_size)
+  rows, t0 = [], time.time()
+  if echo:
+    print("round  raw_ED  ema_ED  seconds", flush=True)
+  for r in range(int(c.distill.rounds)):
+    batch = {"xT": jnp.asarray(problem.distill_batches(r, n_batch, bs)["xT"])}
+    state, _ = round_step(state, teacher, batch, jax.random.fold_in(round_key, r))
+    if (r + 1) % every == 0 or r + 1 == int(c.distill.rounds):
+      row = {"round": r + 1, "raw_ed": float(distance(state.gen)),
+             "ema_ed": float(distance(state.gen_ema)), "seconds": time.time() - t0}
+      rows.append(row)
+      if echo:
+        print(f"{row['round']:5d}  {row['raw_ed']:.4f}  {row['ema_ed']:.4f}  "
+              f"{row['seconds']:.0f}", flush=True)
+  return rows
+
+
+def main(_):
+  c = _CONFIG.value
+  try:
+    rows = trajectory(c, _TEACHER.value, _EVERY.value)
+  except ValueError as e:
+    raise SystemExit(str(e))
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump({"config": c.to_dict(), "trajectory": rows}, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("teacher")
+  app.run(main)
