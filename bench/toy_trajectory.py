@@ -26,12 +26,6 @@ from ibmd_jax import checkpoint as ckpt  # noqa: E402
 from ibmd_jax import ibmd as ibmd_lib  # noqa: E402
 from ibmd_jax import toy, train  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/toy_cond.py", "A toy config.")
-_TEACHER = flags.DEFINE_string("teacher", None, "Teacher directory (<workdir>/teacher of a run).")
-_EVERY = flags.DEFINE_integer("every", 100, "Rounds between evaluations.")
-_OUT = flags.DEFINE_string("out", "", "Optional JSON file for the trajectory.")
-
-
 def trajectory(c, teacher_dir: str, every: int = 100, echo: bool = True) -> list:
   """[{round, raw_ed, ema_ed, seconds}] every `every` rounds of the distillation `c` describes."""
   if c.data.kind != "toy" or not c.conditional:
@@ -77,16 +71,21 @@ def trajectory(c, teacher_dir: str, every: int = 100, echo: bool = True) -> list
 
 
 def main(_):
-  c = _CONFIG.value
+  fl = flags.FLAGS
+  c = fl.config
   try:
-    rows = trajectory(c, _TEACHER.value, _EVERY.value)
+    rows = trajectory(c, fl.teacher, fl.every)
   except ValueError as e:
     raise SystemExit(str(e))
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
+  if fl.out:
+    with open(fl.out, "w") as f:
       json.dump({"config": c.to_dict(), "trajectory": rows}, f, indent=1, default=str)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only when run as a script: importing it defines none
+  config_flags.DEFINE_config_file("config", "configs/toy_cond.py", "A toy config.")
+  flags.DEFINE_string("teacher", None, "Teacher directory (<workdir>/teacher of a run).")
+  flags.DEFINE_integer("every", 100, "Rounds between evaluations.")
+  flags.DEFINE_string("out", "", "Optional JSON file for the trajectory.")
   flags.mark_flag_as_required("teacher")
   app.run(main)
