@@ -22,7 +22,6 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ibmd_jax import checkpoint as ckpt  # noqa: E402
 from ibmd_jax import ibmd as ibmd_lib  # noqa: E402
 from ibmd_jax import toy, train  # noqa: E402
 
@@ -31,26 +30,21 @@ def trajectory(c, teacher_dir: str, every: int = 100, echo: bool = True) -> list
   if c.data.kind != "toy" or not c.conditional:
     raise ValueError("toy_trajectory measures the conditional toy: use configs/toy_cond.py")
   problem = train.make_problem(c)
-  teacher, meta = ckpt.load_teacher(teacher_dir)
-  why = ckpt.teacher_mismatch(meta, c)
-  if why:
-    raise ValueError(f"the teacher in {teacher_dir} does not fit this config: {why}")
+  c = c.copy_and_resolve_references()
+  c.teacher.checkpoint = teacher_dir  # the launcher's loading and fit check, no training
+  teacher = train.get_teacher(c, "", problem, writer=None, train=False)
   ib = train.make_ibmd(c, problem)
   state, gen_tx, critic_tx = train.init_distill_state(c, problem, teacher)
   _, _, round_step = ibmd_lib.make_steps(ib, gen_tx, critic_tx, float(c.distill.ema))
   round_step = jax.jit(round_step)
 
-  # The launcher's evaluation set (train.evaluate_toy): held-out xT, true samples, student key.
-  key = jax.random.key(c.seed + 3)
-  n, m = int(c.eval.samples_per_condition), int(c.eval.num_conditions)
-  xT = problem.gmm.sample_xT(jax.random.fold_in(key, 0), m)
-  truth, _ = problem.gmm.sample_x0_given_xT(jax.random.fold_in(key, 1), xT, n)
-  xT_rep = jnp.broadcast_to(xT, (n,) + xT.shape).reshape(n * m, -1)
+  _, truth, xT_rep = train.toy_eval_set(c, problem.gmm)  # the launcher's evaluation set
+  student_key = jax.random.fold_in(jax.random.key(c.seed + 3), 101)  # evaluate_toy's, 1 step
 
   @jax.jit
   def distance(params):
-    out = ib.generate(params, xT_rep, jax.random.fold_in(key, 101))
-    return toy.conditional_energy_distance(out.reshape(n, m, -1), truth)
+    out = ib.generate(params, xT_rep, student_key)
+    return toy.conditional_energy_distance(out.reshape(truth.shape), truth)
 
   round_key = jax.random.key(c.seed + 2)
   n_batch, bs = int(c.distill.critic_steps) + 1, int(c.distill.batch_size)
@@ -75,7 +69,7 @@ def main(_):
   c = fl.config
   try:
     rows = trajectory(c, fl.teacher, fl.every)
-  except ValueError as e:
+  except (ValueError, FileNotFoundError) as e:
     raise SystemExit(str(e))
   if fl.out:
     with open(fl.out, "w") as f:

@@ -384,6 +384,17 @@ def evaluate(config, workdir: str, problem: Problem, teacher_params, gen_params,
   return evaluate_toy(config, workdir, problem, teacher_params, gen_params, writer)
 
 
+def toy_eval_set(config, gmm: toy.JointGMM):
+  """The conditional toy's held-out evaluation set: xT [c, D], true samples of p(x0 | xT)
+  [n, c, D] and xT repeated to [n * c, D], drawn from key seed + 3 (evaluate_toy; the student's
+  samples use fold_in(key, 100 + steps))."""
+  key = jax.random.key(config.seed + 3)
+  n, c = int(config.eval.samples_per_condition), int(config.eval.num_conditions)
+  xT = jax.jit(gmm.sample_xT, static_argnums=1)(jax.random.fold_in(key, 0), c)
+  truth, _ = jax.jit(gmm.sample_x0_given_xT, static_argnums=2)(jax.random.fold_in(key, 1), xT, n)
+  return xT, truth, jnp.broadcast_to(xT, (n,) + xT.shape).reshape(n * c, -1)
+
+
 def evaluate_toy(config, workdir: str, problem: ToyProblem, teacher_params, gen_params,
                  writer: MetricWriter) -> dict:
   """Energy distances to the true conditional (or marginal) for teacher NFEs and student steps."""
@@ -392,11 +403,9 @@ def evaluate_toy(config, workdir: str, problem: ToyProblem, teacher_params, gen_
   n, c = int(ec.samples_per_condition), int(ec.num_conditions)
   gmm = problem.gmm
   if problem.conditional:
-    xT = jax.jit(gmm.sample_xT, static_argnums=1)(jax.random.fold_in(key, 0), c)
+    xT, truth, xT_rep = toy_eval_set(config, gmm)
     sample_truth = jax.jit(gmm.sample_x0_given_xT, static_argnums=2)
-    truth, _ = sample_truth(jax.random.fold_in(key, 1), xT, n)
     truth2, _ = sample_truth(jax.random.fold_in(key, 2), xT, n)
-    xT_rep = jnp.broadcast_to(xT, (n,) + xT.shape).reshape(n * c, -1)
     dist = lambda s: float(toy.conditional_energy_distance(s.reshape(n, c, -1), truth))
     floor = float(toy.conditional_energy_distance(truth2, truth))
     k_modes = gmm.w.shape[0]
