@@ -36,10 +36,13 @@ def _rows(workdir):
     return [json.loads(l) for l in f]
 
 
-@pytest.mark.parametrize("cfg_module", [toy_cond, toy_uncond])
-def test_pipeline_writes_everything(tmp_path, cfg_module):
+@pytest.mark.parametrize("cfg_module,distill_teacher",
+                         [(toy_cond, "network"), (toy_cond, "exact"), (toy_uncond, "network")])
+def test_pipeline_writes_everything(tmp_path, cfg_module, distill_teacher):
   workdir = str(tmp_path / "run")
-  out = train.run(_tiny(cfg_module), workdir)
+  c = _tiny(cfg_module)
+  c.distill.teacher = distill_teacher  # the trained net (default) or the toy's closed form
+  out = train.run(c, workdir)
   for rel in ("config.json", "metrics.jsonl", "teacher/teacher.json", "eval/metrics.json",
               "eval/report.md"):
     assert os.path.exists(os.path.join(workdir, rel)), rel
@@ -54,9 +57,10 @@ def test_pipeline_writes_everything(tmp_path, cfg_module):
 @pytest.mark.slow  # tests/test_sweep_signal.py checks the same through the launcher, killed with SIGKILL
 def test_distillation_resumes_exactly(tmp_path):
   """Stopping after 4 rounds and restarting to 8 gives the losses of an uninterrupted 8-round run."""
-  def tiny(rounds):  # the cosine schedule's length fixed, so that it does not follow `rounds`
+  def tiny(rounds):  # the cosine schedules' lengths fixed, so that they do not follow `rounds`
     c = _tiny(None, rounds=rounds)
     c.distill.gen_optimizer.decay_steps = 8
+    c.distill.critic_optimizer.decay_steps = 8 * c.distill.critic_steps
     return c
 
   full = str(tmp_path / "full")

@@ -31,16 +31,17 @@ def cond_run(tmp_path_factory):
 def test_one_step_conditional_student(cond_run):
   ev = _eval(cond_run)
   s1 = ev["student"]["1"]
+  teacher100 = ev["teacher"]["100"]["energy_distance"]  # the distilled (trained) teacher
   exact1, exact100 = ev["exact_teacher"]["1"], ev["exact_teacher"]["100"]
-  # Measured 0.021 (1 device) and 0.023 (this 8-device mesh); seeds 1 and 2: 0.014, 0.016.
-  assert s1["energy_distance"] < 0.04
-  assert s1["energy_distance"] * 10 < exact1["energy_distance"]  # measured 1.60 / 0.021 = 77x
+  # Issue 3's acceptance: within 2x of the teacher at 100 NFE (measured MEAS1), and at least 10x
+  # closer to the truth than the teacher at one step (measured MEAS2).
+  assert s1["energy_distance"] <= 2 * teacher100
+  assert s1["energy_distance"] * 10 < exact1["energy_distance"]
   assert exact100["energy_distance"] < 0.01  # the closed-form teacher converges (sanity)
-  # Mode coverage: every mode within 0.06 of its true frequency (measured: at most 0.041 off),
-  # per-condition TV within 0.05 of the noise floor of two true sample sets (measured 0.083 and
-  # 0.084 vs floor 0.048).
-  np.testing.assert_allclose(s1["mode_freq"], ev["true_mode_freq"], atol=0.06)
-  assert s1["mode_tv"] < ev["mode_tv_floor"] + 0.05
+  # Mode coverage: every mode within 0.04 of its true frequency (measured MEAS3), per-condition TV
+  # within 0.03 of the noise floor of two true sample sets (measured MEAS4).
+  np.testing.assert_allclose(s1["mode_freq"], ev["true_mode_freq"], atol=0.04)
+  assert s1["mode_tv"] < ev["mode_tv_floor"] + 0.03
 
 
 def test_two_step_conditional_student(cond_run, tmp_path):
@@ -51,10 +52,12 @@ def test_two_step_conditional_student(cond_run, tmp_path):
   train.run(c, str(tmp_path))
   ev = _eval(str(tmp_path))
   s2 = ev["student"]["2"]
-  assert s2["energy_distance"] < 0.04  # measured 0.0144 (1 device)
+  # Same seed, so the same held-out set and teacher samples as the one-step run's evaluation.
+  teacher100 = _eval(cond_run)["teacher"]["100"]["energy_distance"]
+  assert s2["energy_distance"] <= 2 * teacher100  # measured MEAS5
   assert s2["energy_distance"] < ev["exact_teacher"]["2"]["energy_distance"]  # beats its own NFE
   assert s2["energy_distance"] * 10 < ev["exact_teacher"]["1"]["energy_distance"]
-  np.testing.assert_allclose(s2["mode_freq"], ev["true_mode_freq"], atol=0.06)
+  np.testing.assert_allclose(s2["mode_freq"], ev["true_mode_freq"], atol=0.04)
 
 
 def test_unconditional_student_matches_the_marginal(tmp_path):
