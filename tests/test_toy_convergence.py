@@ -1,7 +1,8 @@
-"""IBMD convergence on the toys with the shipped configs (slow: ~5-10 min each on 2 CPU cores).
+"""IBMD convergence on the toys with the shipped configs (slow: ~10-30 min each on 2 CPU cores).
 
-Thresholds are loose multiples of what docs/toy_results.md records for these exact commands; they
-fail on a collapsed or non-learning student (ED ~1.6 at one step, mode TV ~0.75).
+The conditional bounds are issue 3's acceptance (docs/toy_results.md records the measured values for
+these exact commands); they also fail on a collapsed or non-learning student (ED ~1.6 at one step,
+mode TV ~0.75).
 """
 import json
 import os
@@ -33,13 +34,15 @@ def test_one_step_conditional_student(cond_run):
   s1 = ev["student"]["1"]
   teacher100 = ev["teacher"]["100"]["energy_distance"]  # the distilled (trained) teacher
   exact1, exact100 = ev["exact_teacher"]["1"], ev["exact_teacher"]["100"]
-  # Issue 3's acceptance: within 2x of the teacher at 100 NFE (measured MEAS1), and at least 10x
-  # closer to the truth than the teacher at one step (measured MEAS2).
+  # Issue 3's acceptance: within 2x of the teacher at 100 NFE (measured 0.0086 = 1.56x on one
+  # device, 0.0070 = 1.27x on this 8-device mesh; seeds 1 and 2 on one device: 0.59x, 1.36x), and
+  # at least 10x closer to the truth than the teacher at one step (measured 1.60 / 0.0086 = 186x).
   assert s1["energy_distance"] <= 2 * teacher100
   assert s1["energy_distance"] * 10 < exact1["energy_distance"]
   assert exact100["energy_distance"] < 0.01  # the closed-form teacher converges (sanity)
-  # Mode coverage: every mode within 0.04 of its true frequency (measured MEAS3), per-condition TV
-  # within 0.03 of the noise floor of two true sample sets (measured MEAS4).
+  # Mode coverage: every mode within 0.04 of its true frequency (measured: at most 0.01 off on one
+  # device, 0.02 on 8), per-condition TV within 0.03 of the noise floor of two true sample sets
+  # (measured +0.011 and +0.010: 0.060 / 0.059 vs floor 0.049).
   np.testing.assert_allclose(s1["mode_freq"], ev["true_mode_freq"], atol=0.04)
   assert s1["mode_tv"] < ev["mode_tv_floor"] + 0.03
 
@@ -54,7 +57,7 @@ def test_two_step_conditional_student(cond_run, tmp_path):
   s2 = ev["student"]["2"]
   # Same seed, so the same held-out set and teacher samples as the one-step run's evaluation.
   teacher100 = _eval(cond_run)["teacher"]["100"]["energy_distance"]
-  assert s2["energy_distance"] <= 2 * teacher100  # measured MEAS5
+  assert s2["energy_distance"] <= 2 * teacher100  # measured 0.0045 = 0.82x (one device)
   assert s2["energy_distance"] < ev["exact_teacher"]["2"]["energy_distance"]  # beats its own NFE
   assert s2["energy_distance"] * 10 < ev["exact_teacher"]["1"]["energy_distance"]
   np.testing.assert_allclose(s2["mode_freq"], ev["true_mode_freq"], atol=0.04)
