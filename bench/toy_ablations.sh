@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The toy IBMD measurements of docs/toy_results.md, with the launcher and its sweep tool.
-#   bench/toy_ablations.sh [ROOT]      (default runs/toy_ablations; ~1 h on 2 CPU cores)
+#   bench/toy_ablations.sh [ROOT]      (default runs/toy_ablations; ~3 h on 2 CPU cores)
 # 1. the default conditional pipeline (teacher -> 1-step student -> eval), 2. a 2-step student from
 # the same teacher, 3. the unconditional toy, 4. ablations from the same teacher: critic:generator
-# ratio 5:1 (the paper's) and 1:1 against the default 10:1, noise input on/off, distilling the
+# ratio 10:1 and 1:1 against the default 5:1 (the paper's), noise input on/off, distilling the
 # closed-form teacher instead of the trained one, zero-initialised z, the teacher's 1/c_out²
 # weighting, and the DMD2-style 2-step variant. Each run writes <run>/eval/report.md and
 # metrics.json.
@@ -17,7 +17,7 @@ T="--config.teacher.checkpoint=$ROOT/default/teacher"
 E='--config.eval.teachers=("exact",)'  # the network teacher's rows: default run (same seed, same set)
 "${MAIN[@]}" --workdir="$ROOT/2step" "$T" "$E" --config.distill.n_steps=2
 "$PY" -m launch.main --config=configs/toy_uncond.py --workdir="$ROOT/uncond"
-"${MAIN[@]}" --workdir="$ROOT/ratio_5to1" "$T" "$E" --config.distill.critic_steps=5
+"${MAIN[@]}" --workdir="$ROOT/ratio_10to1" "$T" "$E" --config.distill.critic_steps=10
 "${MAIN[@]}" --workdir="$ROOT/ratio_1to1" "$T" "$E" --config.distill.critic_steps=1
 "${MAIN[@]}" --workdir="$ROOT/no_noise" "$T" "$E" --config.distill.z_channels=0
 "${MAIN[@]}" --workdir="$ROOT/exact_teacher" "$T" "$E" --config.distill.teacher=exact
