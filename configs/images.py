@@ -147,6 +147,9 @@ def make(*, family: str, model: dict, data: dict, rounds: int, n_steps: int = 1,
   c.seed = 0
   c.distributed = False  # True: jax.distributed.initialize() first (pods, multi-node GPU)
   c.log_every = 50
+  # > 0: after this many seconds save the training state and exit with 75; the same command
+  # continues (resumable stages for time-limited machines). 0: run to the end.
+  c.stop_after_s = 0.0
 
   c.data = data_config(**data)
   c.conditional = fam["conditional"]  # DDBM-style: xT is a network input (channel concat)
@@ -167,6 +170,7 @@ def make(*, family: str, model: dict, data: dict, rounds: int, n_steps: int = 1,
   # The teachers' own recipe (I2SB: AdamW 5e-5, ×0.99 every 1000 steps; DDBM: RAdam 1e-4).
   c.teacher.optimizer = optimizer_config(fam["optimizer"], teacher_lr or fam["teacher_lr"],
                                          decay=fam["teacher_decay"])
+  c.teacher.save_every = 1000  # teacher training state saves (resume; SIGTERM saves too)
 
   c.distill = ml_collections.ConfigDict()
   c.distill.teacher = "network"

@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.distributed = False  # True: jax.distributed.initialize() first (pods, multi-node GPU)
   c.log_every = 100  # steps between metric lines (teacher steps / distillation rounds)
+  # > 0: after this many seconds save the training state and exit with 75; the same command
+  # continues (resumable stages for time-limited machines). 0: run to the end.
+  c.stop_after_s = 0.0
 
   c.data = ml_collections.ConfigDict()
   c.data.kind = "toy"
@@ -44,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.teacher.batch_size = 512
   c.teacher.ema = 0.999
   c.teacher.optimizer = ml_collections.ConfigDict(dict(name="adam", lr=1e-3, grad_clip=0.0))
+  c.teacher.save_every = 0  # teacher training state saves (resume); 0: only on SIGTERM/stop_after_s
 
   c.distill = ml_collections.ConfigDict()
   # network: distil the trained teacher, as a user does; exact: the closed-form x̂0* (toys only).

@@ -6,8 +6,11 @@
   teacher/               the teacher checkpoint (Orbax + teacher.json)
   checkpoints/           distillation states (generator, critic, EMA, optimisers, step)
   eval/metrics.json      evaluation numbers, eval/report.md the table
-Resume is automatic: a distillation restarted on the same workdir continues from its last
-checkpoint; a teacher already in <workdir>/teacher is reused.
+  teacher_checkpoints/   teacher training states (every teacher.save_every steps), for resume
+Resume is automatic: a teacher training or distillation restarted on the same workdir continues
+from its last checkpoint; a finished teacher in <workdir>/teacher is reused. SIGTERM (preemption)
+saves and exits with 143; `stop_after_s` > 0 saves and exits with 75 (EXIT_RESUME) once that
+many seconds have passed since the start: run the same command again to continue.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ from ibmd_jax.optim import make_optimizer
 from ibmd_jax.samplers import make_sampler
 
 MODES = ("teacher", "distill", "eval", "pipeline")
+EXIT_SIGTERM = 143  # preempted (SIGTERM): the state is saved, run the same command again
+EXIT_RESUME = 75  # stop_after_s reached (EX_TEMPFAIL): the state is saved, run it again
 
 
 # ---------------------------------------------------------------------- run bookkeeping
@@ -176,8 +181,15 @@ def teacher_meta(config) -> dict:
           "source": "ibmd_jax teacher mode"}
 
 
-def train_teacher(config, workdir: str, problem: ToyProblem, writer: MetricWriter):
-  """Bridge matching on pairs from the coupling; returns the EMA parameters."""
+def train_teacher(config, workdir: str, problem: ToyProblem, writer: MetricWriter,
+                  deadline: Optional[float] = None):
+  """Bridge matching on pairs from the coupling; returns the EMA parameters.
+
+  The training state (parameters, optimiser, EMA, data position) is saved to
+  <workdir>/teacher_checkpoints every teacher.save_every steps (0: only on SIGTERM or at the
+  deadline) and a restart continues from the newest one; the finished teacher goes to
+  <workdir>/teacher.
+  """
   tc = config.teacher
   key = jax.random.key(config.seed)
   mesh = make_mesh(config)
@@ -192,22 +204,47 @@ def train_teacher(config, workdir: str, problem: ToyProblem, writer: MetricWrite
                                   dropout=float(config.model.get("dropout", 0.0)) > 0),
       in_shardings=(state_sh, shd.batch_sharding(mesh), shd.replicated(mesh)),
       out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=0)
+  save_every = int(tc.get("save_every", 0))
+  keep = int(config.checkpoint.keep) if "checkpoint" in config else 2
+  manager = ckpt.RunCheckpointer(os.path.join(workdir, "teacher_checkpoints"), max_to_keep=keep,
+                                 save_every=save_every if save_every > 0 else 2**62)
+  start, restored, meta = manager.restore_latest(abstract_with(state, state_sh))
+  if restored is not None:
+    if int(restored.step) > int(tc.steps):
+      manager.close()
+      raise ValueError(f"{manager.directory} holds step {int(restored.step)} but "
+                       f"teacher.steps={int(tc.steps)}: raise teacher.steps or use a new workdir")
+    state = restored
+    problem.set_data_state(meta.get("data", {}))
+    print(f"[teacher] resumed from step {start}", flush=True)
   state = jax.device_put(state, state_sh)
   pi, pc = jax.process_index(), jax.process_count()
   bs = int(tc.batch_size)
-  t0 = time.time()
-  for i in range(int(tc.steps)):
-    k = jax.random.fold_in(jax.random.fold_in(key, 1), i)
-    batch = problem.teacher_batch(i, bs)
-    batch = {n: shd.global_batch(mesh, v[pi * bs // pc:(pi + 1) * bs // pc]) for n, v in batch.items()}
-    state, m = step_fn(state, batch, k)
-    if (i + 1) % config.log_every == 0 or i + 1 == tc.steps:
-      writer.write("teacher", i + 1, {**m, "steps_per_s": (i + 1) / (time.time() - t0)})
+  stop = StopSignal()
+  t0, done0 = time.time(), int(state.step)
+  try:
+    for i in range(int(state.step), int(tc.steps)):
+      k = jax.random.fold_in(jax.random.fold_in(key, 1), i)
+      batch = problem.teacher_batch(i, bs)
+      batch = {n: shd.global_batch(mesh, v[pi * bs // pc:(pi + 1) * bs // pc])
+               for n, v in batch.items()}
+      state, m = step_fn(state, batch, k)
+      step = i + 1
+      if step % config.log_every == 0 or step == tc.steps:
+        writer.write("teacher", step,
+                     {**m, "steps_per_s": (step - done0) / (time.time() - t0)})
+      meta = {"step": step, "data": problem.data_state()}
+      manager.save(step, state, meta)
+      _stop_if_asked("teacher", stop, deadline, manager, step, int(tc.steps), state, meta)
+  finally:
+    stop.restore()
+    manager.close()
   ckpt.save_teacher(os.path.join(workdir, "teacher"), state.ema, teacher_meta(config))
   return jax.device_get(state.ema)
 
 
-def get_teacher(config, workdir: str, problem: Problem, writer: MetricWriter, train: bool):
+def get_teacher(config, workdir: str, problem: Problem, writer: MetricWriter, train: bool,
+                deadline: Optional[float] = None):
   """The teacher's network parameters: from teacher.checkpoint, <workdir>/teacher, or training."""
   path = config.teacher.checkpoint or os.path.join(workdir, "teacher")
   if config.teacher.source == "checkpoint" or os.path.exists(os.path.join(path, ckpt.TEACHER_META)):
@@ -219,7 +256,7 @@ def get_teacher(config, workdir: str, problem: Problem, writer: MetricWriter, tr
     return params
   if not train:
     raise FileNotFoundError(f"no teacher in {path}: run --config.mode=teacher (or pipeline) first")
-  return train_teacher(config, workdir, problem, writer)
+  return train_teacher(config, workdir, problem, writer, deadline)
 
 
 # ---------------------------------------------------------------------- distillation
@@ -306,7 +343,26 @@ class StopSignal:
       signal.signal(signal.SIGTERM, self._prev)
 
 
-def distill(config, workdir: str, problem: Problem, teacher_params, writer: MetricWriter):
+def _stop_if_asked(role: str, stop: StopSignal, deadline: Optional[float], manager, step: int,
+                   total: int, state, meta: dict) -> None:
+  """After a step before the last: on SIGTERM or past the deadline, save now and exit (143 / 75)."""
+  if step >= total:  # finishing is as quick as stopping
+    return
+  if stop.received:
+    code, why = EXIT_SIGTERM, "SIGTERM"
+  elif deadline is not None and time.time() >= deadline:
+    code, why = EXIT_RESUME, "stop_after_s reached"
+  else:
+    return
+  manager.save(step, state, meta, force=True)
+  manager.close()
+  print(f"[{role}] {why}: saved step {step} in {manager.directory}, exiting with {code}; "
+        "run the same command again to continue", flush=True)
+  raise SystemExit(code)
+
+
+def distill(config, workdir: str, problem: Problem, teacher_params, writer: MetricWriter,
+            deadline: Optional[float] = None):
   dc = config.distill
   ib = make_ibmd(config, problem)
   mesh = make_mesh(config)
@@ -351,14 +407,11 @@ def distill(config, workdir: str, problem: Problem, teacher_params, writer: Metr
           raise ValueError(f"checkpoint.best_metric={best_metric!r} is not a round metric; "
                            f"choose one of {sorted(m)}")
         acc, n_acc = acc + m[best_metric], n_acc + 1
-      if manager.save(step, state, {"step": step, "data": problem.data_state()},
+      meta = {"step": step, "data": problem.data_state()}
+      if manager.save(step, state, meta,
                       metrics={best_metric: float(acc) / n_acc} if n_acc else None):
         acc, n_acc = 0.0, 0
-      if stop.received:
-        manager.save(step, state, {"step": step, "data": problem.data_state()}, force=True)
-        manager.close()
-        print(f"[distill] SIGTERM: saved step {step}, exiting", flush=True)
-        raise SystemExit(143)
+      _stop_if_asked("distill", stop, deadline, manager, step, int(dc.rounds), state, meta)
     manager.save(int(dc.rounds), state, {"step": int(dc.rounds), "data": problem.data_state()},
                  force=True)
   finally:
@@ -569,17 +622,19 @@ def format_table(results: dict, conditional: bool) -> str:
 
 # ---------------------------------------------------------------------- entry point
 def run(config, workdir: str) -> dict:
+  stop_after = float(config.get("stop_after_s", 0) or 0)  # counted from here, compiles included
+  deadline = time.time() + stop_after if stop_after > 0 else None
   if config.mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {config.mode!r}")
   save_config(config, workdir)
   writer = MetricWriter(workdir)
   try:
-    return _run(config, workdir, writer)
+    return _run(config, workdir, writer, deadline)
   finally:
     writer.close()
 
 
-def _run(config, workdir: str, writer: MetricWriter) -> dict:
+def _run(config, workdir: str, writer: MetricWriter, deadline: Optional[float]) -> dict:
   problem = make_problem(config)
   out: dict[str, Any] = {}
   if config.mode in ("eval", "pipeline") and not isinstance(problem, ToyProblem):
@@ -587,14 +642,14 @@ def _run(config, workdir: str, writer: MetricWriter) -> dict:
 
     image_task.eval_options(config)
   teacher_params = get_teacher(config, workdir, problem, writer,
-                               train=config.mode in ("teacher", "pipeline"))
+                               train=config.mode in ("teacher", "pipeline"), deadline=deadline)
   out["teacher"] = teacher_params
   if config.mode == "teacher" and not isinstance(problem, ToyProblem):
     from ibmd_jax import image_task  # samples of the new teacher at eval.grid_nfes
 
     out["grid"] = image_task.teacher_grid(config, workdir, problem, teacher_params)
   if config.mode in ("distill", "pipeline"):
-    out["state"] = distill(config, workdir, problem, teacher_params, writer)
+    out["state"] = distill(config, workdir, problem, teacher_params, writer, deadline)
   if config.mode in ("eval", "pipeline"):
     gen = None
     if "state" in out:

@@ -1,0 +1,84 @@
+"""Resumable stages: stop_after_s saves and exits with 75, teacher training resumes exactly.
+
+A run on a time-limited machine (the GPU tool's 10-minute calls, Colab, preemptible hosts) is cut
+into stages by re-running one command; each call must continue where the last one stopped and
+produce the same numbers as an uninterrupted run.
+"""
+import json
+import os
+
+import pytest
+
+from ibmd_jax import train
+from tests.test_image_tasks import load_config
+
+
+def _tiny(mode, **over):
+  c = load_config("bench64", "sr4,tiny")
+  c.mode = mode
+  c.teacher.steps = 3
+  c.teacher.save_every = 2
+  c.distill.rounds = 2
+  c.checkpoint.every = 1000
+  c.eval.grid_nfes = (1,)
+  for k, v in over.items():
+    c[k] = v
+  return c
+
+
+def _rows(workdir, mode):
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      if r["mode"] == mode:
+        out[r["step"]] = r  # a step re-run after a restart overwrites the earlier row
+  return out
+
+
+def _steps(directory):
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def test_stop_after_s_cuts_teacher_and_distillation_into_resumable_calls(tmp_path, capsys):
+  ref = str(tmp_path / "ref")
+  train.run(_tiny("teacher"), ref)
+  train.run(_tiny("distill"), ref)
+
+  run = str(tmp_path / "run")
+  calls = 0
+  for mode in ("teacher", "distill"):
+    while True:  # what bench/bench64.py does: the same command until it stops returning 75
+      calls += 1
+      assert calls < 20
+      try:
+        train.run(_tiny(mode, stop_after_s=1e-6), run)  # every call: one step, then stop
+        break
+      except SystemExit as e:
+        assert e.code == train.EXIT_RESUME
+  out = capsys.readouterr().out
+  # 3 teacher steps and 2 rounds, one per call (the last step of a stage finishes it).
+  assert calls == 3 + 2, out
+  assert out.count("[teacher] resumed from step") == 2 and out.count("[distill] resumed") == 1
+  assert "[teacher] resumed from step 2" in out and "[distill] resumed from step 1" in out
+  assert "[teacher] stop_after_s reached: saved step 1 in" in out
+  assert os.path.exists(os.path.join(run, "teacher", "teacher.json"))
+  assert _steps(os.path.join(run, "checkpoints"))[-1] == 2
+  assert _steps(os.path.join(run, "teacher_checkpoints")) == [1, 2]  # stop saves + save_every
+
+  for mode, n, key in (("teacher", 3, "loss"), ("distill", 2, "gen_loss")):
+    a, b = _rows(ref, mode), _rows(run, mode)
+    assert sorted(b) == list(range(1, n + 1))
+    for step in range(1, n + 1):
+      assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-7), (mode, step)
+
+
+def test_teacher_checkpoint_beyond_the_configured_steps_is_refused(tmp_path):
+  run = str(tmp_path / "run")
+  with pytest.raises(SystemExit):
+    train.run(_tiny("teacher", stop_after_s=1e-6), run)
+  c = _tiny("teacher")
+  c.teacher.steps = 0  # the saved step 1 is beyond it
+  with pytest.raises(ValueError, match=r"holds step 1 but teacher.steps=0"):
+    train.run(c, run)
+  assert _steps(os.path.join(run, "teacher_checkpoints")) == [1]  # nothing saved is lost
