@@ -8,6 +8,10 @@
 #   bash bench/run_gpu.sh i2sb         # ~10 min: I2SB 256² compile cold/warm, rounds at B=16/4/8
 #   bash bench/run_gpu.sh sampling     # ~8 min: teacher NFE 1..1000 vs student 1/2/4 steps
 #   bash bench/run_gpu.sh sharded      # ~5 min: full-size layouts, sharded round on 8 CPU devices
+#   bash bench/run_gpu.sh bench64      # issue 6's real-image benchmark, 540 s of its stages per
+#                                      # call (repeat while the machine is warm: its state stays in
+#                                      # $BENCH64_ROOT); needs .whl/ (bash bench/gpu_wheels.sh here)
+#                                      # carried; $OUT gets the report, stages.json, log, eval tarball
 # Each part leaves $OUT/<part>.json (every result, merged), $OUT/<part>.md (the tables) and
 # $OUT/<part>.log: three files per part, within the tool's 8 files per call.
 #
@@ -42,6 +46,12 @@ else
   SH_B=8; PEAK_SIZES=4096,8192; PART_TIMEOUT=570
   B1=300; B2=200; B3=330  # --time_budget_s of the sweeps (s)
 fi
+
+if [[ -d .whl ]]; then  # wheels the GPU image lacks (bench/gpu_wheels.sh): grain, ml-collections
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+B64_ROOT=${BENCH64_ROOT:-/tmp/ibmd_bench64}
 
 peak_json() {  # the measured bf16 matmul peak, for --peak_tflops (0: each script measures it)
   "$PY" - "$WORK/peak/matmul_peak.json" <<'EOF' 2>/dev/null || echo 0
@@ -122,19 +132,34 @@ part_sharded() {
       --out "$WORK/sharded/i2sb.json"
 }
 
+part_bench64() {  # issue 6: stages until 540 s are spent (exit 75: call again), then the report
+  local tasks=sr4,jpeg10,inpaint,sr4_vp extra=()
+  [[ "$TINY" == 1 ]] && { tasks=inpaint; extra=(--tiny); }
+  "$PY" bench/bench64.py --root="$B64_ROOT" --tasks="$tasks" --budget_s="${BENCH64_BUDGET:-540}" \
+      "${extra[@]}"
+  local rc=$?
+  "$PY" bench/bench64.py --root="$B64_ROOT" --tasks="$tasks" --report="$OUT/results_gpu.md" \
+      --grids_dir="$B64_ROOT/report_grids" || true
+  cp "$B64_ROOT/stages.json" "$OUT/bench64_stages.json"
+  (cd "$B64_ROOT" && tar czf "$OUT/bench64_evals.tar.gz" report_grids */*/eval/metrics.json \
+      */*/eval/report.md */*.log 2>/dev/null) || true
+  return $rc
+}
+
 export PY DT STEPS WARM WORK CACHE I2SB E2H E2H_B E2H_B2 I2SB_B I2SB_B2 I2SB_B3 NFE_I2SB NFE_E2H \
     S_B_I2SB S_B_E2H SH_I2SB SH_E2H SH_B PEAK_SIZES B1 B2 B3
-export -f peak_json round_bench part_peak part_e2h part_i2sb part_sampling part_sharded
+export B64_ROOT OUT TINY
+export -f peak_json round_bench part_peak part_e2h part_i2sb part_sampling part_sharded part_bench64
 parts=("$@")
-[[ ${#parts[@]} -eq 0 ]] && { echo "usage: bash bench/run_gpu.sh PART [PART ...] (peak e2h i2sb sampling sharded | all)" >&2; exit 2; }
+[[ ${#parts[@]} -eq 0 ]] && { echo "usage: bash bench/run_gpu.sh PART [PART ...] (peak e2h i2sb sampling sharded bench64 | all)" >&2; exit 2; }
 [[ "${parts[0]}" == all ]] && parts=(peak e2h i2sb sampling sharded)
 "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())" || exit 1
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.draw --format=csv
 status=0
 for part in "${parts[@]}"; do
-  case "$part" in peak|e2h|i2sb|sampling|sharded) ;; *) echo "unknown part $part" >&2; exit 2;; esac
+  case "$part" in peak|e2h|i2sb|sampling|sharded|bench64) ;; *) echo "unknown part $part" >&2; exit 2;; esac
   mkdir -p "$WORK/$part"
-  [[ "$part" != peak && ! -f "$WORK/peak/matmul_peak.json" ]] && { mkdir -p "$WORK/peak"; part_peak; }
+  [[ "$part" != peak && "$part" != bench64 && ! -f "$WORK/peak/matmul_peak.json" ]] && { mkdir -p "$WORK/peak"; part_peak; }
   echo "=== $part ($(date -u +%T))"
   timeout "$PART_TIMEOUT" bash -c "part_$part" 2>&1 | tee "$OUT/$part.log"
   rc=${PIPESTATUS[0]}

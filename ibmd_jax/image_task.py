@@ -496,6 +496,7 @@ def evaluate(config, workdir: str, problem: ImageProblem, teacher_params, gen_pa
   results: dict[str, Any] = {
       "split": opts.split, "num_images": evset.n, "image_size": size,
       "metrics": list(opts.metrics), "devices": int(mesh.devices.size),
+      "device_kind": str(jax.devices()[0].device_kind), "jax": jax.__version__,
       "mesh": {k: int(v) for k, v in mesh.shape.items()}, "batch_size": opts.batch_size,
       "input": summarise("input"), "reference": summarise("reference"), "teacher": {},
       "student": {}, "eval_seconds": elapsed}
