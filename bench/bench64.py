@@ -226,7 +226,8 @@ def report(args) -> int:
   rec = _load(os.path.join(args.root, "stages.json"), {"done": {}, "calls": []})
   out_dir = os.path.dirname(os.path.abspath(args.report))
   grids = args.grids_dir or os.path.join(out_dir, "results")
-  lines = [f"<!-- written by: python bench/bench64.py --root={args.root} --report={args.report} -->"]
+  lines = [f"<!-- written by: python bench/bench64.py --root={args.root} --report={args.report}"
+           + (f" --grids_dir={args.grids_dir}" if args.grids_dir else "") + " -->"]
   all_ok, missing = True, []
   for task in args.tasks:
     p1 = os.path.join(args.root, task, "1step", "eval", "metrics.json")
