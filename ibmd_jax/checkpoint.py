@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 import jax
 import orbax.checkpoint as ocp
@@ -161,11 +161,17 @@ class RunCheckpointer:
       self.best = ocp.CheckpointManager(self.directory + "_best", options=best_options,
                                         item_names=("state", "meta"))
 
-  def save(self, step: int, state: Any, meta: dict, force: bool = False,
-           metrics: Optional[dict] = None) -> bool:
-    """Saves at save_every multiples (or when forced); metrics feed the keep-best manager."""
+  def save(self, step: int, state: Any, meta: Union[dict, Callable[[], dict]],
+           force: bool = False, metrics: Optional[dict] = None) -> bool:
+    """Saves at save_every multiples (or when forced); metrics feed the keep-best manager.
+
+    meta may be a function returning it, called only when a save happens (the data position,
+    for one, is not free to read at every step)."""
     if step == self.manager.latest_step():  # already saved (periodic save at the last step)
       return False
+    if not force and not self.manager.should_save(step):
+      return False
+    meta = meta() if callable(meta) else meta
     saved = self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
     if saved and self.best is not None and metrics and self.best_metric in metrics:

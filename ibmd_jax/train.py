@@ -233,7 +233,7 @@ def train_teacher(config, workdir: str, problem: ToyProblem, writer: MetricWrite
       if step % config.log_every == 0 or step == tc.steps:
         writer.write("teacher", step,
                      {**m, "steps_per_s": (step - done0) / (time.time() - t0)})
-      meta = {"step": step, "data": problem.data_state()}
+      meta = functools.partial(_run_meta, problem, step)  # read only when saving
       manager.save(step, state, meta)
       _stop_if_asked("teacher", stop, deadline, manager, step, int(tc.steps), state, meta)
   finally:
@@ -343,8 +343,13 @@ class StopSignal:
       signal.signal(signal.SIGTERM, self._prev)
 
 
+def _run_meta(problem: Problem, step: int) -> dict:
+  """What a checkpoint stores beside the state: the step and the data pipelines' positions."""
+  return {"step": step, "data": problem.data_state()}
+
+
 def _stop_if_asked(role: str, stop: StopSignal, deadline: Optional[float], manager, step: int,
-                   total: int, state, meta: dict) -> None:
+                   total: int, state, meta: Callable[[], dict]) -> None:
   """After a step before the last: on SIGTERM or past the deadline, save now and exit (143 / 75)."""
   if step >= total:  # finishing is as quick as stopping
     return
@@ -407,13 +412,12 @@ def distill(config, workdir: str, problem: Problem, teacher_params, writer: Metr
           raise ValueError(f"checkpoint.best_metric={best_metric!r} is not a round metric; "
                            f"choose one of {sorted(m)}")
         acc, n_acc = acc + m[best_metric], n_acc + 1
-      meta = {"step": step, "data": problem.data_state()}
+      meta = functools.partial(_run_meta, problem, step)  # read only when saving
       if manager.save(step, state, meta,
                       metrics={best_metric: float(acc) / n_acc} if n_acc else None):
         acc, n_acc = 0.0, 0
       _stop_if_asked("distill", stop, deadline, manager, step, int(dc.rounds), state, meta)
-    manager.save(int(dc.rounds), state, {"step": int(dc.rounds), "data": problem.data_state()},
-                 force=True)
+    manager.save(int(dc.rounds), state, _run_meta(problem, int(dc.rounds)), force=True)
   finally:
     stop.restore()
     manager.close()
