@@ -137,13 +137,12 @@ def run_stages(args) -> int:
 
 
 # ---------------------------------------------------------------------- report
-METRICS = (("psnr", "PSNR ↑", ".2f", +1), ("ssim", "SSIM ↑", ".4f", +1), ("swd", "SWD ↓", ".4g", -1),
-           ("fd", "FD ↓", ".4g", -1), ("kid", "KID ↓", ".3g", -1))
+# Each metric of the teacher-vs-input check, with +1 where higher is better.
+METRICS = (("psnr", +1), ("ssim", +1), ("swd", -1), ("fd", -1), ("kid", -1))
 
 
 # FID / KID on Inception features when they were evaluated, else the weight-free pixel-feature ones.
 _KEYS = {"fd": ("fid", "fd_pixel"), "kid": ("kid", "kid_pixel")}
-_HEADS = {"fid": "FID ↓", "fd_pixel": "FD pix ↓", "kid": "KID ↓", "kid_pixel": "KID pix ↓"}
 
 
 def _metric(row: dict, m: str):
@@ -159,11 +158,6 @@ def checks(ev1: dict, ev2: dict) -> list[tuple[str, bool, str]]:
   t = ev1["teacher"]
   s1, s2 = ev1["student"]["1"], ev2["student"]["2"]
   out = []
-
-  def dist(row, m):
-    v, std, _ = _metric(row, m)
-    return v, (std or 0.0)
-
   for label, stu, ref_key, tol in (("1-step student within 10% of the teacher at 100 NFE", s1,
                                     "100", 0.10),
                                    ("2-step student within 5% of the teacher at 100 NFE", s2,
@@ -174,18 +168,18 @@ def checks(ev1: dict, ev2: dict) -> list[tuple[str, bool, str]]:
       continue
     parts, ok = [], True
     for m in ("swd", "fd", "kid"):
-      a, a_std = dist(stu, m)
-      b, _ = dist(t[ref_key], m)
+      a, a_std, _ = _metric(stu, m)
+      b = _metric(t[ref_key], m)[0]
       if a is None or b is None:
         continue
       # KID is an unbiased estimate that can sit at or below zero: its own std is the tolerance.
-      bound = b + tol * abs(b) + (a_std if m == "kid" else 0.0)
+      bound = b + tol * abs(b) + ((a_std or 0.0) if m == "kid" else 0.0)
       ok &= a <= bound
       parts.append(f"{m} {a:.4g} vs {b:.4g} (≤ {bound:.4g})")
     out.append((label, ok, "; ".join(parts)))
   top = str(max(int(k) for k in t))
   parts, ok = [], True
-  for m, _, _, sign in METRICS:
+  for m, sign in METRICS:
     a, _, _ = _metric(t[top], m)
     b, _, _ = _metric(ev1["input"], m)
     if a is None or b is None:
@@ -199,27 +193,11 @@ def checks(ev1: dict, ev2: dict) -> list[tuple[str, bool, str]]:
 
 
 def table(ev1: dict, ev2: dict) -> str:
-  cols = [(m, h, f) for m, h, f, _ in METRICS if _metric(ev1["input"], m)[0] is not None]
-  head = "| sampler | NFE | " + " | ".join(
-      _HEADS.get(_metric(ev1["input"], m)[2], h) for m, h, _ in cols) + " | s / image |"
-  lines = [head, "|" + "---|" * (len(cols) + 3)]
+  """The evaluation report's table (image_task.format_eval_table) with both students in it."""
+  from ibmd_jax.image_task import format_eval_table  # JAX only here, never in the stage runner
 
-  def line(name, nfe, row):
-    cells = []
-    for m, _, f in cols:
-      v, std, _ = _metric(row, m)
-      cells.append("–" if v is None else ("∞" if v == float("inf") else format(v, f)) +
-                   (f" ± {std:.1g}" if std else ""))
-    t = f"{row['s_per_image']:.3g}" if "s_per_image" in row else "–"
-    return f"| {name} | {nfe} | " + " | ".join(cells) + f" | {t} |"
-
-  lines.append(line("degraded input", "–", ev1["input"]))
-  for nfe in sorted(ev1["teacher"], key=int):
-    lines.append(line("teacher", nfe, ev1["teacher"][nfe]))
-  lines.append(line("**IBMD 1-step**", 1, ev1["student"]["1"]))
-  lines.append(line("**IBMD 2-step**", 2, ev2["student"]["2"]))
-  lines.append(line("reference (itself)", "–", ev1["reference"]))
-  return "\n".join(lines)
+  return format_eval_table(dict(ev1, student={"1": ev1["student"]["1"],
+                                              "2": ev2["student"]["2"]}))
 
 
 def report(args) -> int:
