@@ -24,7 +24,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from configs.common import bridge_config
+from configs import base
 from ibmd_jax.models.unet import PRESETS
 
 # The teacher code bases: bridge, xT conditioning, multistep variant (digest §3.3) and optimiser.
@@ -33,18 +33,20 @@ FAMILIES = {
     # λ = 1/σ_t² (bridge.weighting 'default' = 1/c_out²), 1000 steps.
     "i2sb": dict(conditional=False, bridge=dict(kind="i2sb", precond="eps", beta_max=0.3),
                  optimizer="adamw", lr=5e-5, critic_steps=5, multistep="full_chain",
-                 teacher_lr=5e-5, teacher_ema=0.99, teacher_decay="step"),
+                 teacher_lr=5e-5, teacher_ema=0.99, teacher_decay="step", teacher_etas=(1.0,)),
     # DDBM: VP bridge (β_min 0.1, β_d 2), EDM preconditioning σ_data 0.5, λ = 1/c_out², xT
     # concatenated to the network input.
     "ddbm": dict(conditional=True, bridge=dict(kind="vp", precond="edm", sigma_data=0.5,
                                                vp_beta_min=0.1, vp_beta_d=2.0),
                  optimizer="radam", lr=1e-5, critic_steps=5, multistep="dmd2",
-                 teacher_lr=1e-4, teacher_ema=0.9999, teacher_decay="constant"),
+                 teacher_lr=1e-4, teacher_ema=0.9999, teacher_decay="constant",
+                 teacher_etas=(1.0, 0.0)),
     # DBIM's ImageNet inpainting teacher (DDBM code): I2SB schedule with β_max 1.0, stochastic
     # bridge, ε preconditioning (c_out = −σ_t), xT concatenated and class-conditional.
     "dbim": dict(conditional=True, bridge=dict(kind="i2sb", precond="eps", beta_max=1.0),
                  optimizer="radam", lr=3e-6, critic_steps=1, multistep="dmd2",
-                 teacher_lr=1e-4, teacher_ema=0.9999, teacher_decay="constant"),
+                 teacher_lr=1e-4, teacher_ema=0.9999, teacher_decay="constant",
+                 teacher_etas=(1.0, 0.0)),
 }
 
 _IMAGENET = dict(kind="tfds", tfds_name="imagenet2012", image_size=256)
@@ -98,62 +100,23 @@ def parse_arg(arg: str) -> tuple[bool, int | None]:
   return tiny, n_steps
 
 
-def data_config(**kw) -> ml_collections.ConfigDict:
-  """Every data option (ibmd_jax.data), so that any can be overridden from the command line."""
-  d = ml_collections.ConfigDict()
-  d.kind = "skimage"  # skimage | folder | ab_folder | diode | tfds | arrays
-  d.image_size = 64
-  d.channels = 3
-  d.degradation = "none"  # ibmd_jax.degradations name; ignored by paired kinds
-  d.hole = config_dict.placeholder(int)  # inpaint_center: hole side (default half the image)
-  d.quality = config_dict.placeholder(int)  # jpeg: quality
-  d.path = ""  # folder / ab_folder / diode root
-  d.tfds_name = ""
-  d.tfds_data_dir = ""  # where `tfds build ... --file_format=array_record` wrote it
-  d.tfds_train_split = ""  # '' = train
-  d.tfds_test_split = ""  # '' = validation (else test)
-  d.class_conditional = False  # emit the dataset's class labels
-  # A class-conditional network on data without labels (e.g. the tiny DBIM variant on the
-  # skimage photos) gets this label for every example; -1 = off.
-  d.fixed_label = -1
-  d.flip = True
-  d.min_scale = 0.25  # skimage: smallest crop scale
-  d.crops_per_photo = 8  # skimage: training examples per photo and epoch
-  d.num_workers = 0  # grain worker processes (0 = decode in the training process)
-  for k, v in kw.items():
-    if k not in d:
-      raise ValueError(f"unknown data option {k!r}")
-    setattr(d, k, v)
-  return d
-
-
-def optimizer_config(name: str, lr: float, **kw) -> ml_collections.ConfigDict:
-  o = dict(name=name, lr=lr, weight_decay=0.0, b1=0.9, b2=0.999, grad_clip=0.0, warmup_steps=0,
-           decay="constant", decay_every=1000, decay_rate=0.99)
-  o.update(kw)
-  return ml_collections.ConfigDict(o)
-
-
 def make(*, family: str, model: dict, data: dict, rounds: int, n_steps: int = 1, z: bool = True,
          bridge: dict | None = None, teacher_source: str = "checkpoint",
          teacher_checkpoint: str = "", teacher_steps: int = 400_000, teacher_batch: int = 256,
          teacher_lr: float | None = None, batch_size: int = 256, lr: float | None = None,
          teacher_nfes=(1, 2, 4, 10, 100, 1000), student_steps=(1, 2), num_images: int = 256,
          eval_batch: int = 64, dtype: str = "bfloat16", remat: str = "none") -> ml_collections.ConfigDict:
-  """A full config (the layout of configs/toy_cond.py) for an image setup of a teacher family."""
+  """An image setup of a teacher family: configs/base.py's schema with this setup's values."""
   fam = FAMILIES[family]
-  c = ml_collections.ConfigDict()
-  c.mode = "pipeline"  # teacher | distill | eval | pipeline (teacher -> distill -> eval)
-  c.seed = 0
-  c.distributed = False  # True: jax.distributed.initialize() first (pods, multi-node GPU)
+  c = base.get_config()
   c.log_every = 50
-  # > 0: after this many seconds save the training state and exit with 75; the same command
-  # continues (resumable stages for time-limited machines). 0: run to the end.
-  c.stop_after_s = 0.0
-
-  c.data = data_config(**data)
+  for k, v in data.items():
+    if k not in c.data:
+      raise ValueError(f"unknown data option {k!r}")
+    setattr(c.data, k, v)
   c.conditional = fam["conditional"]  # DDBM-style: xT is a network input (channel concat)
-  c.bridge = bridge_config(**dict(fam["bridge"], **(bridge or {})))
+  c.bridge.update(dict(fam["bridge"], **(bridge or {})))
+  # The network: the UNet's options replace the toys' MLP options (configs/base.py).
   # remat: "none", "full" or a jax.checkpoint_policies name (ibmd_jax/models/unet.py REMAT_POLICIES)
   c.model = ml_collections.ConfigDict(dict(name="unet", **model, dtype=dtype, remat=remat,
                                            attention_impl=config_dict.placeholder(str)))
@@ -161,53 +124,34 @@ def make(*, family: str, model: dict, data: dict, rounds: int, n_steps: int = 1,
     c.model.num_classes = config_dict.placeholder(int)
   c.model.image_size = c.data.image_size
 
-  c.teacher = ml_collections.ConfigDict()
   c.teacher.source = teacher_source  # train | checkpoint (teacher.checkpoint dir)
   c.teacher.checkpoint = teacher_checkpoint
   c.teacher.steps = teacher_steps  # teacher training (source='train', or mode=teacher)
   c.teacher.batch_size = teacher_batch
   c.teacher.ema = fam["teacher_ema"]
   # The teachers' own recipe (I2SB: AdamW 5e-5, ×0.99 every 1000 steps; DDBM: RAdam 1e-4).
-  c.teacher.optimizer = optimizer_config(fam["optimizer"], teacher_lr or fam["teacher_lr"],
-                                         decay=fam["teacher_decay"])
-  c.teacher.save_every = 1000  # teacher training state saves (resume; SIGTERM saves too)
+  c.teacher.optimizer = base.optimizer_config(fam["optimizer"], teacher_lr or fam["teacher_lr"],
+                                              decay=fam["teacher_decay"])
+  c.teacher.save_every = 1000
 
-  c.distill = ml_collections.ConfigDict()
-  c.distill.teacher = "network"
-  c.distill.rounds = rounds  # generator updates (the paper's "student grad updates")
+  c.distill.rounds = rounds
   c.distill.batch_size = batch_size
-  c.distill.critic_steps = fam["critic_steps"]  # L: critic updates per generator update
-  c.distill.z_channels = int(c.data.channels) if z else 0  # z ~ N(0, I) shaped like x; 0 = off
+  c.distill.critic_steps = fam["critic_steps"]
+  c.distill.z_channels = -1 if z else 0  # z ~ N(0, I) shaped like x (-1: the data's channels)
   c.distill.z_init_scale = 0.0  # the paper's zero-initialised noise weights
-  c.distill.n_steps = n_steps  # generator steps N
-  c.distill.multistep = fam["multistep"]  # full_chain (I2SB variant) | dmd2 (DDBM variant)
-  c.distill.intermediate = "marginal"
-  c.distill.ema = 0.99
-  c.distill.gen_optimizer = optimizer_config(fam["optimizer"], lr or fam["lr"])
-  c.distill.critic_optimizer = optimizer_config(fam["optimizer"], lr or fam["lr"])
+  c.distill.n_steps = n_steps
+  c.distill.multistep = fam["multistep"]
+  c.distill.gen_optimizer = base.optimizer_config(fam["optimizer"], lr or fam["lr"])
+  c.distill.critic_optimizer = base.optimizer_config(fam["optimizer"], lr or fam["lr"])
 
-  c.eval = ml_collections.ConfigDict()
-  # Evaluation (docs/evaluation.md): eval mode, and the end of pipeline mode.
-  c.eval.teacher_nfes = tuple(teacher_nfes)  # teacher sampler NFEs to evaluate
-  c.eval.student_steps = tuple(student_steps)  # generator steps to evaluate
-  c.eval.split = "test"  # test: held-out images / validation split | train: training crops
-  c.eval.num_images = num_images  # images evaluated (test split: <= 0 takes all of it)
-  c.eval.batch_size = eval_batch  # images per sampler call (a multiple of the device count)
-  # Weight-free by default; 'fid', 'kid', 'is' need inception_path, 'ca' resnet_path + labels.
-  c.eval.metrics = ("psnr", "ssim", "swd", "fd_pixel", "kid_pixel")
-  c.eval.inception_path = ""  # pt_inception-2015-12-05-6726825d.pth (pytorch-fid) or .npz
-  c.eval.resnet_path = ""  # torchvision resnet50-0676ba61.pth or .npz (classifier accuracy)
-  c.eval.swd_images = 1024  # SWD on the first this many images of each set
-  c.eval.kid_subset_size = 1000  # KID subset size (capped at the number of images)
-  c.eval.is_splits = 10  # Inception-score splits (capped at the number of images)
-  c.eval.grid_rows = 8  # examples shown in the image grids
-  c.eval.grid_nfes = tuple(sorted({min(teacher_nfes), max(teacher_nfes)}))  # teacher-mode grid
-
-  c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, best_metric="",
-                                                best_mode="min"))
-  # Device mesh: data = -1 uses every device; fsdp > 1 splits parameters and optimizer states.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  c.profile = ml_collections.ConfigDict(dict(start=0, steps=5))
+  c.eval.teacher_nfes = tuple(teacher_nfes)
+  # I2SB teachers: DDPM (OT-ODE on an OT-ODE bridge); DDBM/DBIM teachers: the ancestral sampler
+  # and DBIM's deterministic one (η = 0), the paper's baseline for them.
+  c.eval.teacher_etas = fam["teacher_etas"]
+  c.eval.student_steps = tuple(student_steps)
+  c.eval.num_images = num_images
+  c.eval.batch_size = eval_batch
+  c.eval.grid_nfes = tuple(sorted({min(teacher_nfes), max(teacher_nfes)}))
   return c
 
 

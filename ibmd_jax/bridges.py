@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -206,6 +204,18 @@ class Bridge:
       return 1000.0 * t / self.T
     raise ValueError(f"unknown c_noise_kind {self.c_noise_kind!r}")
 
+  @property
+  def c_noise_span(self) -> float:
+    """The size of the range c_noise takes over [t_min, T] (I2SB noise levels ≈ 1000, 250·log t
+    ≈ 2300 for t ≥ 1e-4): a network's time embedding is taken of c_noise / span (MLP time_scale)."""
+    kind = self.c_noise_kind
+    if kind == "default":
+      kind = "i2sb" if self.kind == "i2sb" else "log250"
+    spans = {"i2sb": float(self.n_steps), "t1000": 1000.0, "log250": 250.0}
+    if kind not in spans:
+      raise ValueError(f"unknown c_noise_kind {self.c_noise_kind!r}; choose from {sorted(spans)}")
+    return spans[kind]
+
   def loss_weight(self, t: jax.Array) -> jax.Array:
     """λ(t): the weight under which the teacher's loss is a plain MSE of the network output."""
     if self.weighting == "uniform":
@@ -261,12 +271,3 @@ class Bridge:
     keep = jnp.sqrt(jnp.maximum(c_s**2 - omega**2, 0.0))
     return base + bcast(keep, x_t) * direction + bcast(omega, x_t) * eps
 
-
-def bridge_from_config(cfg) -> Bridge:
-  return Bridge.from_config(cfg)
-
-
-def shapes_fit(x: jax.Array, xT: Optional[jax.Array]) -> None:
-  """Raises a clear error when x0 and xT do not have the same shape."""
-  if xT is not None and x.shape != xT.shape:
-    raise ValueError(f"x0 and xT must have the same shape, got {x.shape} and {xT.shape}")

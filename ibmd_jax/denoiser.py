@@ -1,19 +1,34 @@
-"""x̂0 predictors: a network plus a bridge's preconditioning, and the shared predictor signature.
+"""x̂0 predictors: the one predictor signature, and a network plus a bridge's preconditioning.
 
-Any x̂0 predictor (a network denoiser, an exact toy teacher) is a callable
-    predict(params, x_t, t, xT=None, z=None, label=None, rng=None) -> x̂0
-so teachers, critics and generators are interchangeable in losses and samplers.
+Every x̂0 predictor of the library (a network denoiser, an exact toy teacher, your own model) is a
+`Predictor`; teachers, critics and generators are interchangeable in losses, samplers and IBMD.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional, Protocol
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ibmd_jax.bridges import Bridge, bcast
+
+
+class Predictor(Protocol):
+  """predict(params, x_t, t, xT=None, z=None, label=None, rng=None) -> x̂0, shaped like x_t.
+
+  params: any pytree (ignored by closed-form predictors); x_t: the bridge state [B, ...]; t: [B]
+  times in the bridge's convention (I2SB step index, continuous t for DDBM bridges); xT: the
+  corrupted input (conditional predictors use it; unconditional ones may ignore it); z: generator
+  noise [..., z_channels] or None; label: int [B] class labels or None; rng: a dropout key (None =
+  deterministic). Must be a pure JAX function of its arguments (it is traced under jit and grad).
+  """
+
+  def __call__(self, params: Any, x_t: jax.Array, t: jax.Array, xT: Optional[jax.Array] = None,
+               z: Optional[jax.Array] = None, label: Optional[jax.Array] = None,
+               rng: Optional[jax.Array] = None) -> jax.Array:
+    ...
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -18,16 +18,14 @@ Multi-step generators (N steps on the teacher's grid t_N > … > t_1):
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Optional
 
-import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
 from ibmd_jax.bridges import Bridge, bcast
+from ibmd_jax.denoiser import Predictor
 from ibmd_jax.losses import paste_known, per_sample_sq, weighted_mse
-from ibmd_jax.optim import ema_update
 from ibmd_jax.samplers import sample
 
 
@@ -36,13 +34,15 @@ class IBMD:
   """Everything static about a distillation: the bridge, the three predictors and the variant."""
 
   bridge: Bridge
-  teacher: Callable  # predict(params, x_t, t, xT, z=None, label=None) -> x̂0*
-  critic: Callable  # same signature, φ
-  generator: Callable  # same signature, θ, takes z
+  teacher: Predictor  # x̂0*
+  critic: Predictor  # x̂0^φ
+  generator: Predictor  # G_θ, takes z
   z_channels: int = 0  # 0: no noise input (the paper's I2SB inpainting setup)
   n_steps: int = 1
   multistep: str = "full_chain"  # or 'dmd2'
   intermediate: str = "marginal"  # 'marginal' | 'posterior' (dmd2 only)
+  # The DBIM η of the multi-step generator's steps between its calls (1: the Markov posterior,
+  # I2SB's DDPM step; 0: DBIM's deterministic step, booted with fresh noise out of x_T).
   eta: float = 1.0
 
   def __post_init__(self):
@@ -61,6 +61,16 @@ class IBMD:
     if not self.z_channels:
       return None
     return jax.random.normal(key, x.shape[:-1] + (self.z_channels,), x.dtype)
+
+  @classmethod
+  def from_config(cls, dc, *, bridge: Bridge, teacher: Predictor, net: Predictor,
+                  data_channels: int, eta: float = 1.0, n_steps: Optional[int] = None) -> "IBMD":
+    """From a `distill` config section: critic and generator are `net` (they start as the
+    teacher's network); z_channels -1 means as many noise channels as the data has."""
+    z = int(dc.z_channels)
+    return cls(bridge=bridge, teacher=teacher, critic=net, generator=net,
+               z_channels=data_channels if z < 0 else z, n_steps=int(n_steps or dc.n_steps),
+               multistep=str(dc.multistep), intermediate=str(dc.intermediate), eta=float(eta))
 
   # ------------------------------------------------------------------ generation
   def generate(self, gen_params, xT, key, label=None, mask=None, n_steps: Optional[int] = None):
@@ -90,7 +100,11 @@ class IBMD:
       x0_hat = paste_known(self.generator(frozen, x, t_b, xT, z=self._z(ki, x), label=label),
                            xT, mask)
       eps = jax.random.normal(jax.random.fold_in(ki, 1), x.shape, x.dtype)
-      x_next = self.bridge.posterior(x, x0_hat, t_b, s_b, eps, eta=self.eta, xT=xT)
+      boot = jax.random.normal(jax.random.fold_in(ki, 2), x.shape, x.dtype)
+      # As in the sampler: the first step out of x_T (c_T ≈ 0) takes booting noise as its
+      # direction, so η < 1 never divides by c_T.
+      x_next = self.bridge.posterior(x, x0_hat, t_b, s_b, eps, eta=self.eta, xT=xT, first=i == 0,
+                                     boot_eps=boot)
       return x_next, (x, x0_hat)
 
     last, (states, preds) = jax.lax.scan(body, xT, jnp.arange(n - 1))  # [n-1, B, ...]
@@ -134,67 +148,3 @@ class IBMD:
     teacher_term = jnp.mean(lam * per_sample_sq(real, x0, mask))
     critic_term = jnp.mean(lam * per_sample_sq(fake, x0, mask))
     return teacher_term - critic_term, {"teacher_term": teacher_term, "critic_term": critic_term}
-
-
-# ---------------------------------------------------------------------- training state and round
-@flax.struct.dataclass
-class IBMDState:
-  step: jax.Array  # generator updates done
-  gen: dict
-  critic: dict
-  gen_opt: optax.OptState
-  critic_opt: optax.OptState
-  gen_ema: dict
-
-
-def init_state(gen_params, critic_params, gen_tx, critic_tx) -> IBMDState:
-  # Own copies: generator and critic often start from the very same teacher arrays, and the
-  # round donates the state's buffers.
-  gen_params = jax.tree.map(jnp.array, gen_params)
-  critic_params = jax.tree.map(jnp.array, critic_params)
-  return IBMDState(step=jnp.zeros((), jnp.int32), gen=gen_params, critic=critic_params,
-                   gen_opt=gen_tx.init(gen_params), critic_opt=critic_tx.init(critic_params),
-                   gen_ema=jax.tree.map(jnp.copy, gen_params))
-
-
-def make_steps(ibmd: IBMD, gen_tx, critic_tx, ema_decay: float = 0.99):
-  """Pure critic_step, generator_step and the fused round (L critic steps, then one generator step).
-
-  batches for a round carry a leading axis of L + 1: critic steps use batches[:L], the generator
-  step the last one, so every step sees fresh xT as in Algorithm 1.
-  """
-
-  def critic_step(state: IBMDState, batch, key):
-    loss, grads = jax.value_and_grad(ibmd.critic_loss)(state.critic, state.gen, batch, key)
-    updates, opt = critic_tx.update(grads, state.critic_opt, state.critic)
-    state = state.replace(critic=optax.apply_updates(state.critic, updates), critic_opt=opt)
-    return state, {"critic_loss": loss, "critic_grad_norm": optax.global_norm(grads)}
-
-  def generator_step(state: IBMDState, teacher_params, batch, key):
-    (loss, aux), grads = jax.value_and_grad(ibmd.generator_loss, has_aux=True)(
-        state.gen, state.critic, teacher_params, batch, key)
-    updates, opt = gen_tx.update(grads, state.gen_opt, state.gen)
-    gen = optax.apply_updates(state.gen, updates)
-    state = state.replace(step=state.step + 1, gen=gen, gen_opt=opt,
-                          gen_ema=ema_update(state.gen_ema, gen, ema_decay))
-    return state, {"gen_loss": loss, "gen_grad_norm": optax.global_norm(grads), **aux}
-
-  def round_step(state: IBMDState, teacher_params, batches, key):
-    n_critic = jax.tree.leaves(batches)[0].shape[0] - 1
-    key = jax.random.fold_in(key, state.step)
-    critic_batches = jax.tree.map(lambda b: b[:n_critic], batches)
-
-    def body(st, inp):
-      i, batch = inp
-      return critic_step(st, batch, jax.random.fold_in(key, i))
-
-    state, cm = jax.lax.scan(body, state, (jnp.arange(n_critic), critic_batches))
-    gen_batch = jax.tree.map(lambda b: b[n_critic], batches)
-    state, gm = generator_step(state, teacher_params, gen_batch, jax.random.fold_in(key, n_critic))
-    metrics = {k: jnp.mean(v) for k, v in cm.items()}
-    metrics.update(gm)
-    # The estimated objective gap E λ‖x̂0* − x0‖² − E λ‖x̂0^φ − x0‖² (≥ 0 at the critic's optimum).
-    metrics["objective_gap"] = gm["gen_loss"]
-    return state, metrics
-
-  return critic_step, generator_step, round_step

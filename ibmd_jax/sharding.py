@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -19,7 +20,8 @@ BATCH_AXES = ("data", "fsdp")
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Optional[list] = None) -> Mesh:
-  """A ('data', 'fsdp') mesh; data = -1 takes all remaining devices."""
+  """A ('data', 'fsdp') mesh (jax.make_mesh: devices laid out for the interconnect); data = -1
+  takes all remaining devices. `devices` defaults to jax.devices() (e.g. a TPU topology's)."""
   devices = list(devices if devices is not None else jax.devices())
   n = len(devices)
   if fsdp < 1 or n % fsdp:
@@ -29,7 +31,13 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Optional[list] = None) -> 
   if data * fsdp != n:
     raise ValueError(f"mesh data={data} × fsdp={fsdp} = {data * fsdp} but {n} devices are "
                      "available; set mesh.data=-1 to use them all")
-  return Mesh(np.asarray(devices).reshape(data, fsdp), ("data", "fsdp"))
+  auto = (jax.sharding.AxisType.Auto,) * 2  # shardings from jit's in/out_shardings, as written
+  return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=auto, devices=devices)
+
+
+def mesh_from_config(config, devices: Optional[list] = None) -> Mesh:
+  """The run's mesh from config.mesh (data, fsdp)."""
+  return make_mesh(int(config.mesh.data), int(config.mesh.fsdp), devices)
 
 
 def param_spec(shape, fsdp_size: int, min_size: int = 2**14) -> P:
@@ -68,6 +76,14 @@ def check_batch(mesh: Mesh, batch_size: int, what: str = "batch_size"):
                      f"(data={mesh.shape['data']}, fsdp={mesh.shape['fsdp']})")
 
 
+def host_rows(global_size: int) -> slice:
+  """The rows of a global batch of `global_size` that this process feeds (multi-host)."""
+  pi, pc = jax.process_index(), jax.process_count()
+  if global_size % pc:
+    raise ValueError(f"a global batch of {global_size} does not split over {pc} processes")
+  return slice(pi * global_size // pc, (pi + 1) * global_size // pc)
+
+
 def global_batch(mesh: Mesh, host_array, leading: int = 0):
   """Builds a global jax.Array from this process's slice of the batch (multi-host safe)."""
   return jax.make_array_from_process_local_data(batch_sharding(mesh, leading), np.asarray(host_array))
@@ -75,3 +91,10 @@ def global_batch(mesh: Mesh, host_array, leading: int = 0):
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def to_host(tree):
+  """(A pytree of) possibly multi-process global arrays as numpy arrays on every process."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))

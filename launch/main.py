@@ -25,7 +25,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # imported after flag parsing so that --help is fast
 
-  from ibmd_jax import compile_cache, train
+  from ibmd_jax import compile_cache, run
 
   # Before the first compilation of the process: JAX reads the cache settings once.
   cache_dir = compile_cache.enable(compile_cache.resolve(_CACHE.value, _WORKDIR.value))
@@ -40,7 +40,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   logging.warning("JAX %s, process %d/%d, devices: %s, compilation cache: %s", jax.__version__,
                   jax.process_index(), jax.process_count(), jax.devices(), cache_dir or "off")
-  train.run(_CONFIG.value, _WORKDIR.value)
+  run.run(_CONFIG.value, _WORKDIR.value)
 
 
 def run_cli():

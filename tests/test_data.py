@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from ibmd_jax import data
-from ibmd_jax import degradations as D
+from ibmd_jax.data import degradations as D
 
 
 def _take(it, n):

@@ -4,7 +4,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from ibmd_jax import degradations as D
+from ibmd_jax.data import degradations as D
 
 
 def _photo(size=256, name="astronaut"):

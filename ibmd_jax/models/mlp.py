@@ -26,8 +26,9 @@ class MLP(nn.Module):
   depth: int = 3
   time_dim: int = 64
   # c_noise of the bridges spans very different ranges (I2SB: 0..1000, DDBM: 250·log t ≈ −2300..0);
-  # the embedding is taken of c_noise * time_scale.
-  time_scale: float = 1.0
+  # the embedding is taken of c_noise * time_scale; None = 1 / bridge.c_noise_span, set by
+  # ibmd_jax.models.build_model from the bridge that feeds the network.
+  time_scale: Optional[float] = None
   num_classes: Optional[int] = None
   dropout: float = 0.0
   dtype: Any = jnp.float32
@@ -38,6 +39,9 @@ class MLP(nn.Module):
     parts = [x] + [p for p in (cond, z) if p is not None]
     h = jnp.concatenate(parts, axis=-1).astype(self.dtype)
     h = nn.Dense(self.width, dtype=self.dtype, name="in_proj")(h)
+    if self.time_scale is None:
+      raise ValueError("MLP.time_scale is None: build the network with "
+                       "ibmd_jax.models.build_model(cfg, bridge), which sets it from the bridge")
     temb = timestep_embedding(c_noise * self.time_scale, self.time_dim)
     temb = nn.Dense(self.width, dtype=self.dtype, name="time_1")(temb.astype(self.dtype))
     temb = nn.Dense(self.width, dtype=self.dtype, name="time_2")(nn.silu(temb))

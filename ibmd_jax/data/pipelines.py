@@ -17,7 +17,7 @@ worker processes has a different layout from one saved without: resume with the 
 ``cfg`` is a plain dict (``dict(config.data)``):
 
 - ``kind``: one of ``KINDS`` (below); ``image_size`` (int); ``channels`` (3, or 1 for grey).
-- ``degradation``: a name of ``ibmd_jax.degradations.DEGRADATIONS``; its options are keys of
+- ``degradation``: a name of ``ibmd_jax.data.degradations.DEGRADATIONS``; its options are keys of
   ``cfg`` (``hole``, ``quality``, ``factor``, ``sigma``, ...). Paired kinds (``ab_folder``,
   ``diode``, ``arrays`` given an ``xT``) ignore it.
 - ``class_conditional`` (bool, default False): emit ``label`` (folder: top-level subfolder index;
@@ -68,7 +68,7 @@ from typing import Optional, Sequence
 import grain
 import numpy as np
 
-from ibmd_jax import degradations
+from ibmd_jax.data import degradations
 
 KINDS = ("skimage", "folder", "ab_folder", "diode", "tfds", "arrays")
 SPLITS = ("train", "test")
@@ -514,7 +514,7 @@ def _degradation(cfg: dict) -> tuple[Optional[str], tuple]:
   return name, opts
 
 
-def _map_dataset(cfg: dict, split: str, seed: int) -> grain.MapDataset:
+def map_dataset(cfg: dict, split: str, seed: int) -> grain.MapDataset:
   """Examples in global order (shuffled and repeated for train), before per-process slicing."""
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -551,7 +551,7 @@ def make_dataset(cfg: dict, split: str, batch_size: int, seed: int, process_inde
     raise ValueError(f"batch_size must be positive, got {batch_size}")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-  ds = _map_dataset(cfg, split, seed)[process_index::process_count]
+  ds = map_dataset(cfg, split, seed)[process_index::process_count]
   ds = ds.batch(int(batch_size), drop_remainder=split == "train")
   read = grain.ReadOptions(num_threads=int(cfg.get("read_threads", 2)),
                            prefetch_buffer_size=int(cfg.get("prefetch_batches", 2)))
@@ -594,7 +594,7 @@ def load_eval_set(cfg: dict, n: int, seed: int) -> dict[str, np.ndarray]:
   Deterministic: centre crops (or the fixed skimage grid) and degradation seeds from (seed, index).
   Keys: x0, xT, and mask / label when the pipeline has them.
   """
-  ds = _map_dataset(cfg, "test", seed)
+  ds = map_dataset(cfg, "test", seed)
   total = len(ds)
   if not 0 < n <= total:
     raise ValueError(f"asked for {n} eval examples but the test split has {total} "

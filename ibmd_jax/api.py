@@ -1,0 +1,157 @@
+"""Entry points for your own teacher and data: distil any predictor on any batch source.
+
+    from ibmd_jax import api
+    state = api.distill(teacher=my_predict, teacher_params=p, net=net, init_params=p,
+                        bridge=bridge, batches=lambda step: {"xT": xT_rows(step)},
+                        workdir="/tmp/run", rounds=2000, batch_size=256,
+                        eval_fn=lambda step, gen_params: {...}, eval_every=200)
+
+`teacher` is any `ibmd_jax.denoiser.Predictor` (a network denoiser, a closed form, a wrapped
+PyTorch-converted model); `net` the network that becomes critic and generator, started from
+`init_params` (usually the teacher's own parameters) with noise input channels added and
+zero-initialised. `batches` is a grain IterDataset, a function step -> batch (wrapped in a
+checkpointable grain dataset), or any iterable; each batch holds this process's rows of
+'xT' [L + 1, B, ...] (one round: L critic steps and one generator step; optional 'mask', 'label').
+The run resumes from <workdir>/checkpoints, logs to <workdir>/metrics.jsonl and calls
+eval_fn(step, gen_ema_params) every eval_every rounds (its returned numbers are logged as 'eval').
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Optional
+
+import grain
+import jax
+import ml_collections
+
+from ibmd_jax import sharding as shd
+from ibmd_jax import state as state_lib
+from ibmd_jax import steps
+from ibmd_jax.bridges import Bridge
+from ibmd_jax.denoiser import NetDenoiser, Predictor
+from ibmd_jax.ibmd import IBMD
+from ibmd_jax.optim import make_optimizer
+from ibmd_jax.train import Loop, run_loop
+from ibmd_jax.writer import MetricWriter
+
+
+def _adam(lr: float) -> dict:
+  return dict(name="adam", lr=lr, b1=0.9, b2=0.999)
+
+
+@dataclasses.dataclass
+class DistillOptions:
+  """IBMD's settings (the `distill` section of a config holds the same names)."""
+
+  rounds: int = 1000  # generator updates
+  batch_size: int = 256  # global
+  critic_steps: int = 5  # L critic updates per generator update (paper: 5)
+  z_channels: int = -1  # generator noise channels; -1 = as many as the data has, 0 = none
+  z_init_scale: float = 0.0  # std of the noise weights at the start (paper: 0)
+  n_steps: int = 1
+  multistep: str = "full_chain"  # or 'dmd2'
+  intermediate: str = "marginal"
+  ema: float = 0.99
+  eta: float = 1.0  # the multi-step generator's DBIM η between calls
+  gen_optimizer: dict = dataclasses.field(default_factory=lambda: _adam(1e-4))
+  critic_optimizer: dict = dataclasses.field(default_factory=lambda: _adam(1e-4))
+  seed: int = 0
+  log_every: int = 100
+  checkpoint_every: int = 500
+  keep: int = 3
+  best_metric: str = ""
+  best_mode: str = "min"
+
+  @classmethod
+  def from_config(cls, config) -> "DistillOptions":
+    dc, cc = config.distill, config.checkpoint
+    return cls(rounds=int(dc.rounds), batch_size=int(dc.batch_size),
+               critic_steps=int(dc.critic_steps), z_channels=int(dc.z_channels),
+               z_init_scale=float(dc.z_init_scale), n_steps=int(dc.n_steps),
+               multistep=str(dc.multistep), intermediate=str(dc.intermediate),
+               ema=float(dc.ema), eta=float(config.sampler.eta),
+               gen_optimizer=dict(dc.gen_optimizer), critic_optimizer=dict(dc.critic_optimizer),
+               seed=int(config.seed), log_every=int(config.log_every), checkpoint_every=int(cc.every),
+               keep=int(cc.keep), best_metric=str(cc.best_metric), best_mode=str(cc.best_mode))
+
+
+def as_dataset(batches: Any) -> Any:
+  """A checkpointable grain dataset for a function step -> batch; other sources unchanged."""
+  if callable(batches) and not hasattr(batches, "__iter__"):
+    return grain.MapDataset.range(2**40).map(batches).to_iter_dataset(
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+  return batches
+
+
+def make_ibmd(teacher: Predictor, net: NetDenoiser, bridge: Bridge, opts: DistillOptions,
+              data_channels: int) -> IBMD:
+  cfg = ml_collections.ConfigDict(dict(
+      z_channels=opts.z_channels, n_steps=opts.n_steps, multistep=opts.multistep,
+      intermediate=opts.intermediate))
+  return IBMD.from_config(cfg, bridge=bridge, teacher=teacher, net=net,
+                          data_channels=data_channels, eta=opts.eta)
+
+
+def plan_state(ib: IBMD, net: NetDenoiser, init_params: Any, example: dict, opts: DistillOptions,
+               mesh) -> tuple[state_lib.Planned, Any, Any]:
+  """(planned IBMDState, gen_tx, critic_tx): generator and critic start from init_params."""
+  key = jax.random.key(opts.seed + 1)
+  template = None
+  if ib.z_channels:
+    template = jax.eval_shape(lambda: net.init(key, jax.numpy.asarray(example["x"]),
+                                               z_channels=ib.z_channels, label=example.get("label")))
+  gen_tx = make_optimizer(opts.gen_optimizer, total_steps=opts.rounds)
+  critic_tx = make_optimizer(opts.critic_optimizer, total_steps=opts.rounds * opts.critic_steps)
+  planned = state_lib.ibmd_state(init_params, template, gen_tx, critic_tx, key, mesh,
+                                 z_init_scale=opts.z_init_scale)
+  return planned, gen_tx, critic_tx
+
+
+def distill(*, teacher: Predictor, teacher_params: Any, net: NetDenoiser, init_params: Any,
+            bridge: Bridge, batches: Any, workdir: str, example: Optional[dict] = None,
+            options: Optional[DistillOptions] = None, mesh=None,
+            eval_fn: Optional[Callable[[int, Any], dict]] = None, eval_every: int = 0,
+            writer: Optional[MetricWriter] = None, deadline: Optional[float] = None,
+            profile_start: int = 0, profile_steps: int = 5, **overrides) -> steps.IBMDState:
+  """Runs (or resumes) IBMD and returns the final IBMDState (see the module docstring).
+
+  example: {'x': an input shaped [2, ...], optional 'label'} for parameter shapes (default: read
+  off the first batch). options / overrides: DistillOptions fields (overrides win).
+  """
+  opts = dataclasses.replace(options or DistillOptions(), **overrides)
+  mesh = shd.make_mesh() if mesh is None else mesh
+  shd.check_batch(mesh, opts.batch_size, "distill.batch_size")
+  data = as_dataset(batches)
+  if example is None:
+    first = next(iter(data))
+    example = {"x": first["xT"][0, :2]}
+    if "label" in first:
+      example["label"] = first["label"][0, :2]
+  ib = make_ibmd(teacher, net, bridge, opts, int(example["x"].shape[-1]))
+  planned, gen_tx, critic_tx = plan_state(ib, net, init_params, example, opts, mesh)
+  _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, opts.ema)
+  teacher_sh = shd.state_shardings(mesh, teacher_params)
+  rep = shd.replicated(mesh)
+  round_fn = jax.jit(round_step,
+                     in_shardings=(planned.shardings, teacher_sh, shd.batch_sharding(mesh, 1), rep),
+                     out_shardings=(planned.shardings, rep), donate_argnums=0)
+  own_writer = writer is None
+  writer = MetricWriter(workdir) if own_writer else writer
+  hooks = ()
+  if eval_fn is not None and eval_every > 0:
+    hooks = ((eval_every, lambda step, st: writer.write("eval", step, eval_fn(step, st.gen_ema))),)
+  loop = Loop(name="distill", step_fn=round_fn, state=planned, data=data, total=opts.rounds,
+              directory=os.path.join(workdir, "checkpoints"), mesh=mesh,
+              key=jax.random.key(opts.seed + 2),
+              extra=(jax.device_put(teacher_params, teacher_sh),), batch_axis=1,
+              batch_size=opts.batch_size, rate_name="gen_samples_per_s",
+              save_every=opts.checkpoint_every, keep=opts.keep, best_metric=opts.best_metric,
+              best_mode=opts.best_mode, log_every=opts.log_every, deadline=deadline,
+              profile_start=profile_start, profile_steps=profile_steps,
+              profile_dir=os.path.join(workdir, "profile"), hooks=hooks)
+  try:
+    return run_loop(loop, writer)
+  finally:
+    if own_writer:
+      writer.close()

@@ -1,0 +1,156 @@
+"""Run modes: teacher training, IBMD distillation, evaluation, and the whole pipeline.
+
+`run(config, workdir)` is what the launcher and Colab call. A run directory holds
+  config.json            the resolved config
+  metrics.jsonl          one JSON object per logged step ({"mode", "step", ...})
+  teacher/               the teacher checkpoint (Orbax + teacher.json)
+  teacher_checkpoints/   teacher training states (every teacher.save_every steps), for resume
+  checkpoints/           distillation states (generator, critic, EMA, optimisers, data position)
+  eval/                  metrics.json, report.md, quality_vs_nfe.png (and image grids)
+Resume is automatic (the training loop's, `ibmd_jax.train`); a finished teacher in
+<workdir>/teacher is reused.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+from absl import logging
+
+from ibmd_jax import api
+from ibmd_jax import checkpointing as ckpt
+from ibmd_jax import evaluate as evaluate_lib
+from ibmd_jax import sharding as shd
+from ibmd_jax import state as state_lib
+from ibmd_jax import steps
+from ibmd_jax.models import resolve_model_config
+from ibmd_jax.optim import make_optimizer
+from ibmd_jax.tasks import Task, make_task
+from ibmd_jax.train import Loop, make_deadline, run_loop
+from ibmd_jax.writer import MetricWriter
+
+MODES = ("teacher", "distill", "eval", "pipeline")
+
+
+def save_config(config, workdir: str):
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+def teacher_meta(config, task: Task) -> dict:
+  return {"model": resolve_model_config(config.model, task.bridge), "bridge": dict(config.bridge),
+          "conditional": bool(config.conditional), "data": dict(config.data),
+          "source": "ibmd_jax teacher mode"}
+
+
+def teacher_abstract(task: Task, mesh) -> Any:
+  """The teacher network's parameter shapes with their shardings (what a teacher restores into)."""
+  ex = task.example()
+  shapes = jax.eval_shape(lambda: task.net.init(jax.random.key(0), jax.numpy.asarray(ex["x"]),
+                                                label=ex.get("label")))
+  return state_lib.abstract(shapes, shd.state_shardings(mesh, shapes))
+
+
+def train_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, deadline=None):
+  """Bridge matching on the task's pairs; saves and returns the EMA parameters."""
+  tc = config.teacher
+  key = jax.random.key(int(config.seed))
+  bs = int(tc.batch_size)
+  shd.check_batch(mesh, bs, "teacher.batch_size")
+  tx = make_optimizer(tc.optimizer, total_steps=int(tc.steps))
+  planned = state_lib.teacher_state(task.net, task.example(), tx, jax.random.fold_in(key, 0), mesh)
+  step_fn = jax.jit(
+      steps.make_teacher_step(task.net, task.bridge, tx, float(tc.ema),
+                              dropout=float(config.model.get("dropout", 0.0)) > 0),
+      in_shardings=(planned.shardings, shd.batch_sharding(mesh), shd.replicated(mesh)),
+      out_shardings=(planned.shardings, shd.replicated(mesh)), donate_argnums=0)
+  loop = Loop(name="teacher", step_fn=step_fn, state=planned,
+              data=task.train_data("teacher", bs), total=int(tc.steps),
+              directory=os.path.join(workdir, "teacher_checkpoints"), mesh=mesh,
+              key=jax.random.fold_in(key, 1), batch_size=1, rate_name="steps_per_s",
+              save_every=int(tc.save_every), keep=int(config.checkpoint.keep),
+              log_every=int(config.log_every), deadline=deadline)
+  state = run_loop(loop, writer)
+  ckpt.save_teacher(os.path.join(workdir, "teacher"), state.ema, teacher_meta(config, task))
+  return state.ema
+
+
+def get_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, train: bool,
+                deadline=None):
+  """The teacher's network parameters (sharded): teacher.checkpoint, <workdir>/teacher, or
+  training one."""
+  path = config.teacher.checkpoint or os.path.join(workdir, "teacher")
+  if config.teacher.source == "checkpoint" or os.path.exists(os.path.join(path, ckpt.TEACHER_META)):
+    why = ckpt.teacher_mismatch(ckpt.read_teacher_meta(path), config)
+    if why:
+      raise ValueError(f"the teacher in {path} does not fit this config: {why}; make them agree")
+    params, _ = ckpt.load_teacher(path, teacher_abstract(task, mesh))
+    logging.info("loaded teacher from %s", path)
+    return params
+  if not train:
+    raise FileNotFoundError(f"no teacher in {path}: run --config.mode=teacher (or pipeline) first")
+  return train_teacher(config, workdir, task, writer, mesh, deadline)
+
+
+def distill(config, workdir: str, task: Task, teacher_params, writer: MetricWriter, mesh,
+            deadline=None) -> steps.IBMDState:
+  """IBMD from the config (ibmd_jax.api.distill with the task's data and networks)."""
+  opts = api.DistillOptions.from_config(config)
+  teacher = task.exact if config.distill.teacher == "exact" else task.net
+  if config.distill.teacher == "exact" and task.exact is None:
+    raise ValueError("distill.teacher='exact' needs a task with a closed-form teacher (the "
+                     "toys); use 'network'")
+  data = task.train_data("distill", opts.batch_size, opts.critic_steps + 1)
+  return api.distill(teacher=teacher, teacher_params=teacher_params, net=task.net,
+                     init_params=teacher_params, bridge=task.bridge, batches=data,
+                     workdir=workdir, example=task.example(), options=opts, mesh=mesh,
+                     writer=writer, deadline=deadline,
+                     profile_start=int(config.profile.start),
+                     profile_steps=int(config.profile.steps))
+
+
+def saved_generator(config, workdir: str, task: Task, teacher_params, mesh):
+  """The EMA generator of the newest distillation checkpoint in the workdir, or None."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return None
+  opts = api.DistillOptions.from_config(config)
+  ib = evaluate_lib.make_ibmd(config, task)
+  planned, _, _ = api.plan_state(ib, task.net, teacher_params, task.example(), opts, mesh)
+  manager = ckpt.RunCheckpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    _, restored, _ = manager.restore_latest(planned.abstract)
+  finally:
+    manager.close()
+  return None if restored is None else restored.gen_ema
+
+
+def run(config, workdir: str) -> dict:
+  """Runs config.mode in workdir; returns {'teacher', 'state', 'eval', 'grid'} as they apply."""
+  deadline = make_deadline(config.stop_after_s)
+  if config.mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {config.mode!r}")
+  save_config(config, workdir)
+  writer = MetricWriter(workdir)
+  try:
+    task = make_task(config)
+    mesh = shd.mesh_from_config(config)
+    if config.mode in ("eval", "pipeline"):  # bad eval settings fail now, not after training
+      evaluate_lib.check(config, task)
+    out: dict[str, Any] = {}
+    teacher = get_teacher(config, workdir, task, writer, mesh,
+                          train=config.mode in ("teacher", "pipeline"), deadline=deadline)
+    out["teacher"] = teacher
+    if config.mode == "teacher":
+      out["grid"] = task.preview(config, workdir, teacher)
+    if config.mode in ("distill", "pipeline"):
+      out["state"] = distill(config, workdir, task, teacher, writer, mesh, deadline)
+    if config.mode in ("eval", "pipeline"):
+      gen = (out["state"].gen_ema if "state" in out
+             else saved_generator(config, workdir, task, teacher, mesh))
+      out["eval"] = evaluate_lib.evaluate(config, workdir, task, teacher, gen, writer, mesh)
+    return out
+  finally:
+    writer.close()

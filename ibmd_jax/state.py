@@ -1,0 +1,71 @@
+"""Training states built shape-first, straight into their shardings.
+
+`jax.eval_shape` gives the state's shapes without computing anything, `sharding.state_shardings`
+turns them into NamedShardings, and `jax.jit(init, out_shardings=...)` materialises every leaf
+directly in its shard: the full state never sits on one device (a 552M-parameter IBMD state would
+not fit one 16 GiB chip before it is sharded).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from ibmd_jax import sharding as shd
+from ibmd_jax import steps
+from ibmd_jax.denoiser import NetDenoiser, widen_like
+
+
+def abstract(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs of `tree` (arrays or ShapeDtypeStructs) carrying `shardings`."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      jax.eval_shape(lambda: tree), shardings)
+
+
+class Planned:
+  """A state known by its shapes and shardings before it exists: `abstract` (ShapeDtypeStructs
+  with shardings, what a checkpoint restores into) and `build()` (computes it into them)."""
+
+  def __init__(self, init, mesh: Mesh, *args, in_shardings=None):
+    shapes = jax.eval_shape(init, *args)
+    self.shardings = shd.state_shardings(mesh, shapes)
+    self.abstract = abstract(shapes, self.shardings)
+    self._fn = jax.jit(init, out_shardings=self.shardings) if in_shardings is None else jax.jit(
+        init, in_shardings=in_shardings, out_shardings=self.shardings)
+    self._args = args
+
+  def build(self):
+    return self._fn(*self._args)
+
+
+def teacher_state(net: NetDenoiser, example: dict, tx, key, mesh: Mesh) -> Planned:
+  """A TeacherState of freshly initialised parameters, planned in its shardings."""
+  x = jnp.asarray(example["x"])
+  label = example.get("label")
+
+  def init(k):
+    return steps.teacher_state(net.init(k, x, label=label), tx)
+
+  return Planned(init, mesh, key)
+
+
+def ibmd_state(teacher_params: Any, gen_template: Optional[Any], gen_tx, critic_tx, key,
+               mesh: Mesh, z_init_scale: float = 0.0) -> Planned:
+  """An IBMDState whose generator and critic start as the teacher, planned in its shardings.
+
+  teacher_params: the teacher's parameters (ideally already sharded, e.g. restored with
+  shardings); gen_template: the generator's parameter shapes when it has extra noise input
+  channels (widened from the teacher with zero weights, or N(0, z_init_scale²)), None when the
+  generator has the teacher's shapes.
+  """
+  teacher_sh = shd.state_shardings(mesh, teacher_params)
+  teacher_params = jax.device_put(teacher_params, teacher_sh)
+
+  def init(teacher):
+    gen = teacher if gen_template is None else widen_like(teacher, gen_template, key=key,
+                                                           new_scale=z_init_scale)
+    return steps.ibmd_state(gen, teacher, gen_tx, critic_tx)
+
+  return Planned(init, mesh, teacher_params, in_shardings=(teacher_sh,))

@@ -1,0 +1,144 @@
+"""Pure training steps and their states: bridge matching (the teacher) and the IBMD round.
+
+Every step is `step(state, [teacher_params,] batch, key) -> (state, metrics)`, a pure function for
+`jax.jit`. Its metrics carry `finite`: 1.0 when the loss, the gradient norm and the updated
+parameters are all finite, computed inside the step on every step, so the training loop can stop at
+the first bad step without reading anything else from the device.
+
+IBMD (digest §2–3, Algorithm 1): the round is L critic steps, each on fresh xT, then one generator
+step; only θ is differentiated in the generator step, through x0 and x_t (see ibmd.IBMD).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from ibmd_jax.bridges import Bridge
+from ibmd_jax.denoiser import Predictor
+from ibmd_jax.ibmd import IBMD
+from ibmd_jax.losses import weighted_mse
+from ibmd_jax.optim import ema_update
+
+
+def _finite(*values) -> jax.Array:
+  ok = jnp.asarray(True)
+  for v in values:
+    ok = ok & jnp.all(jnp.isfinite(v))
+  return ok.astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------- teacher (bridge matching)
+@flax.struct.dataclass
+class TeacherState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+  ema: dict
+
+
+def teacher_state(params, tx: optax.GradientTransformation) -> TeacherState:
+  return TeacherState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema=jax.tree.map(jnp.copy, params))
+
+
+def bridge_matching_loss(params, predict: Predictor, bridge: Bridge, batch: dict, key,
+                         dropout: bool = False):
+  """E λ(t)‖x̂0(x_t, t[, xT]) − x0‖², x_t ~ q(x_t | x0, xT); hole-only with a 'mask'."""
+  x0, xT = batch["x0"], batch["xT"]
+  if x0.shape != xT.shape:
+    raise ValueError(f"x0 and xT must have the same shape, got {x0.shape} and {xT.shape}")
+  k_t, k_eps, k_drop = jax.random.split(key, 3)
+  t = bridge.sample_t(k_t, x0.shape[0])
+  eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+  x_t = bridge.sample_xt(x0, xT, t, eps)
+  pred = predict(params, x_t, t, xT, label=batch.get("label"), rng=k_drop if dropout else None)
+  return weighted_mse(pred, x0, bridge.loss_weight(t), batch.get("mask"))
+
+
+def make_teacher_step(predict: Predictor, bridge: Bridge, tx: optax.GradientTransformation,
+                      ema_decay: float = 0.99, dropout: bool = False) -> Callable:
+  """step(state, batch, key) -> (state, {loss, grad_norm, finite})."""
+
+  def step(state: TeacherState, batch: dict, key):
+    loss, grads = jax.value_and_grad(bridge_matching_loss)(state.params, predict, bridge, batch,
+                                                           key, dropout)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    gnorm = optax.global_norm(grads)
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                        ema=ema_update(state.ema, params, ema_decay))
+    return new, {"loss": loss, "grad_norm": gnorm,
+                 "finite": _finite(loss, gnorm, optax.global_norm(params))}
+
+  return step
+
+
+# ---------------------------------------------------------------------- IBMD
+@flax.struct.dataclass
+class IBMDState:
+  step: jax.Array  # generator updates done
+  gen: dict
+  critic: dict
+  gen_opt: optax.OptState
+  critic_opt: optax.OptState
+  gen_ema: dict
+
+
+def ibmd_state(gen_params, critic_params, gen_tx, critic_tx) -> IBMDState:
+  # Own copies: generator and critic often start from the very same teacher arrays, and the
+  # round donates the state's buffers.
+  gen_params = jax.tree.map(jnp.array, gen_params)
+  critic_params = jax.tree.map(jnp.array, critic_params)
+  return IBMDState(step=jnp.zeros((), jnp.int32), gen=gen_params, critic=critic_params,
+                   gen_opt=gen_tx.init(gen_params), critic_opt=critic_tx.init(critic_params),
+                   gen_ema=jax.tree.map(jnp.copy, gen_params))
+
+
+def make_ibmd_steps(ibmd: IBMD, gen_tx, critic_tx, ema_decay: float = 0.99):
+  """Pure critic_step, generator_step and the fused round (L critic steps, then one generator step).
+
+  batches for a round carry a leading axis of L + 1: critic steps use batches[:L], the generator
+  step the last one, so every step sees fresh xT as in Algorithm 1.
+  """
+
+  def critic_step(state: IBMDState, batch, key):
+    loss, grads = jax.value_and_grad(ibmd.critic_loss)(state.critic, state.gen, batch, key)
+    updates, opt = critic_tx.update(grads, state.critic_opt, state.critic)
+    state = state.replace(critic=optax.apply_updates(state.critic, updates), critic_opt=opt)
+    return state, {"critic_loss": loss, "critic_grad_norm": optax.global_norm(grads)}
+
+  def generator_step(state: IBMDState, teacher_params, batch, key):
+    (loss, aux), grads = jax.value_and_grad(ibmd.generator_loss, has_aux=True)(
+        state.gen, state.critic, teacher_params, batch, key)
+    updates, opt = gen_tx.update(grads, state.gen_opt, state.gen)
+    gen = optax.apply_updates(state.gen, updates)
+    state = state.replace(step=state.step + 1, gen=gen, gen_opt=opt,
+                          gen_ema=ema_update(state.gen_ema, gen, ema_decay))
+    return state, {"gen_loss": loss, "gen_grad_norm": optax.global_norm(grads), **aux}
+
+  def round_step(state: IBMDState, teacher_params, batches, key):
+    n_critic = jax.tree.leaves(batches)[0].shape[0] - 1
+    key = jax.random.fold_in(key, state.step)
+    critic_batches = jax.tree.map(lambda b: b[:n_critic], batches)
+
+    def body(st, inp):
+      i, batch = inp
+      return critic_step(st, batch, jax.random.fold_in(key, i))
+
+    state, cm = jax.lax.scan(body, state, (jnp.arange(n_critic), critic_batches))
+    gen_batch = jax.tree.map(lambda b: b[n_critic], batches)
+    state, gm = generator_step(state, teacher_params, gen_batch, jax.random.fold_in(key, n_critic))
+    metrics = {k: jnp.mean(v) for k, v in cm.items()}
+    metrics.update(gm)
+    # The estimated objective gap E λ‖x̂0* − x0‖² − E λ‖x̂0^φ − x0‖² (≥ 0 at the critic's optimum).
+    metrics["objective_gap"] = gm["gen_loss"]
+    metrics["finite"] = _finite(cm["critic_loss"], cm["critic_grad_norm"], gm["gen_loss"],
+                                gm["gen_grad_norm"], optax.global_norm(state.gen),
+                                optax.global_norm(state.critic))
+    return state, metrics
+
+  return critic_step, generator_step, round_step

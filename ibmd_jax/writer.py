@@ -1,0 +1,53 @@
+"""Metrics of a run: JSON lines in <workdir>/metrics.jsonl, TensorBoard events and a console line.
+
+Values arrive as host numbers (the training loop reads a step's metrics after the next step has
+been dispatched, so writing never waits for the device). Only process 0 writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+try:  # TensorBoard event files without TensorFlow; optional
+  from tensorboardX import SummaryWriter
+except ImportError:  # pragma: no cover - tensorboardX is an install requirement
+  SummaryWriter = None
+
+
+class MetricWriter:
+  """Appends {"mode", "step", metrics...} rows to metrics.jsonl and TensorBoard (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.active = jax.process_index() == 0
+    self.tb = None
+    if self.active:
+      os.makedirs(workdir, exist_ok=True)
+      if SummaryWriter is None:
+        logging.warning("tensorboardX is not installed: metrics go to metrics.jsonl only")
+      else:
+        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+
+  def close(self):
+    if self.tb is not None:
+      self.tb.close()
+      self.tb = None
+
+  def write(self, mode: str, step: int, metrics: dict, echo: bool = True):
+    row = {"mode": mode, "step": int(step)}
+    row.update({k: float(np.asarray(v)) for k, v in metrics.items()})
+    if not self.active:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self.tb is not None:
+      for k, v in row.items():
+        if k not in ("mode", "step"):
+          self.tb.add_scalar(f"{mode}/{k}", v, int(step))
+    if echo:
+      print(f"[{mode}] step {step}: " + " ".join(
+          f"{k}={v:.4g}" for k, v in row.items() if k not in ("mode", "step")), flush=True)
