@@ -13,54 +13,61 @@ docs/toy_results.md ("Optimiser settings over seeds") lists the runs made with i
 import json
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ibmd_jax import ibmd as ibmd_lib  # noqa: E402
-from ibmd_jax import toy, train  # noqa: E402
+from ibmd_jax import evaluate, tasks, toy  # noqa: E402
+from ibmd_jax import run as runner  # noqa: E402
+from ibmd_jax import sharding as shd  # noqa: E402
+from ibmd_jax.tasks.toy import eval_set  # noqa: E402
+
 
 def trajectory(c, teacher_dir: str, every: int = 100, echo: bool = True) -> list:
-  """[{round, raw_ed, ema_ed, seconds}] every `every` rounds of the distillation `c` describes."""
+  """[{round, raw_ed, ema_ed, seconds}] every `every` rounds of the distillation `c` describes:
+  the launcher's own distillation (runner.distill, i.e. api.distill) with an evaluation callback."""
   if c.data.kind != "toy" or not c.conditional:
     raise ValueError("toy_trajectory measures the conditional toy: use configs/toy_cond.py")
-  problem = train.make_problem(c)
+  task = tasks.make_task(c)
   c = c.copy_and_resolve_references()
   c.teacher.checkpoint = teacher_dir  # the launcher's loading and fit check, no training
-  teacher = train.get_teacher(c, "", problem, writer=None, train=False)
-  ib = train.make_ibmd(c, problem)
-  state, gen_tx, critic_tx = train.init_distill_state(c, problem, teacher)
-  _, _, round_step = ibmd_lib.make_steps(ib, gen_tx, critic_tx, float(c.distill.ema))
-  round_step = jax.jit(round_step)
-
-  _, truth, xT_rep = train.toy_eval_set(c, problem.gmm)  # the launcher's evaluation set
-  student_key = jax.random.fold_in(jax.random.key(c.seed + 3), 101)  # evaluate_toy's, 1 step
+  mesh = shd.mesh_from_config(c)
+  teacher = runner.get_teacher(c, "", task, None, mesh, train=False)
+  ib = evaluate.make_ibmd(c, task)
+  _, truth, _, xT_rep = eval_set(task.gmm, int(c.seed), int(c.eval.num_conditions),
+                                 int(c.eval.samples_per_condition))  # the launcher's eval set
+  # the evaluator's key for the 1-step student, batch 0
+  student_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(c.seed + 3), 10_001), 0)
 
   @jax.jit
   def distance(params):
     out = ib.generate(params, xT_rep, student_key)
     return toy.conditional_energy_distance(out.reshape(truth.shape), truth)
 
-  round_key = jax.random.key(c.seed + 2)
-  n_batch, bs = int(c.distill.critic_steps) + 1, int(c.distill.batch_size)
   rows, t0 = [], time.time()
   if echo:
     print("round  raw_ED  ema_ED  seconds", flush=True)
-  for r in range(int(c.distill.rounds)):
-    batch = {"xT": jnp.asarray(problem.distill_batches(r, n_batch, bs)["xT"])}
-    state, _ = round_step(state, teacher, batch, jax.random.fold_in(round_key, r))
-    if (r + 1) % every == 0 or r + 1 == int(c.distill.rounds):
-      row = {"round": r + 1, "raw_ed": float(distance(state.gen)),
-             "ema_ed": float(distance(state.gen_ema)), "seconds": time.time() - t0}
-      rows.append(row)
-      if echo:
-        print(f"{row['round']:5d}  {row['raw_ed']:.4f}  {row['ema_ed']:.4f}  "
-              f"{row['seconds']:.0f}", flush=True)
+
+  def measure(step, state):
+    row = {"round": step, "raw_ed": float(distance(state.gen)),
+           "ema_ed": float(distance(state.gen_ema)), "seconds": time.time() - t0}
+    rows.append(row)
+    if echo:
+      print(f"{row['round']:5d}  {row['raw_ed']:.4f}  {row['ema_ed']:.4f}  "
+            f"{row['seconds']:.0f}", flush=True)
+    return {"raw_ed": row["raw_ed"], "ema_ed": row["ema_ed"]}
+
+  c.log_every = 10**9
+  c.checkpoint.every = 10**9
+  with tempfile.TemporaryDirectory() as wd:
+    state = runner.distill(c, wd, task, teacher, None, mesh, eval_fn=measure, eval_every=every)
+    if not rows or rows[-1]["round"] != int(c.distill.rounds):
+      measure(int(c.distill.rounds), state)
   return rows
 
 

@@ -4,7 +4,7 @@
     state = api.distill(teacher=my_predict, teacher_params=p, net=net, init_params=p,
                         bridge=bridge, batches=lambda step: {"xT": xT_rows(step)},
                         workdir="/tmp/run", rounds=2000, batch_size=256,
-                        eval_fn=lambda step, gen_params: {...}, eval_every=200)
+                        eval_fn=lambda step, state: {...}, eval_every=200)
 
 `teacher` is any `ibmd_jax.denoiser.Predictor` (a network denoiser, a closed form, a wrapped
 PyTorch-converted model); `net` the network that becomes critic and generator, started from
@@ -13,7 +13,8 @@ zero-initialised. `batches` is a grain IterDataset, a function step -> batch (wr
 checkpointable grain dataset), or any iterable; each batch holds this process's rows of
 'xT' [L + 1, B, ...] (one round: L critic steps and one generator step; optional 'mask', 'label').
 The run resumes from <workdir>/checkpoints, logs to <workdir>/metrics.jsonl and calls
-eval_fn(step, gen_ema_params) every eval_every rounds (its returned numbers are logged as 'eval').
+eval_fn(step, state) every eval_every rounds with the IBMDState (state.gen_ema: the EMA generator);
+the numbers it returns are logged as mode 'eval'.
 """
 from __future__ import annotations
 
@@ -108,6 +109,14 @@ def plan_state(ib: IBMD, net: NetDenoiser, init_params: Any, example: dict, opts
   return planned, gen_tx, critic_tx
 
 
+def jit_round(round_step, mesh, state_shardings, teacher_shardings):
+  """jit of the fused round with explicit in/out shardings and the state donated."""
+  rep = shd.replicated(mesh)
+  return jax.jit(round_step,
+                 in_shardings=(state_shardings, teacher_shardings, shd.batch_sharding(mesh, 1), rep),
+                 out_shardings=(state_shardings, rep), donate_argnums=0)
+
+
 def distill(*, teacher: Predictor, teacher_params: Any, net: NetDenoiser, init_params: Any,
             bridge: Bridge, batches: Any, workdir: str, example: Optional[dict] = None,
             options: Optional[DistillOptions] = None, mesh=None,
@@ -132,16 +141,14 @@ def distill(*, teacher: Predictor, teacher_params: Any, net: NetDenoiser, init_p
   planned, gen_tx, critic_tx = plan_state(ib, net, init_params, example, opts, mesh)
   _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, opts.ema)
   teacher_sh = shd.state_shardings(mesh, teacher_params)
-  rep = shd.replicated(mesh)
-  round_fn = jax.jit(round_step,
-                     in_shardings=(planned.shardings, teacher_sh, shd.batch_sharding(mesh, 1), rep),
-                     out_shardings=(planned.shardings, rep), donate_argnums=0)
+  round_fn = jit_round(round_step, mesh, planned.shardings, teacher_sh)
   own_writer = writer is None
   writer = MetricWriter(workdir) if own_writer else writer
   hooks = ()
   if eval_fn is not None and eval_every > 0:
-    hooks = ((eval_every, lambda step, st: writer.write("eval", step, eval_fn(step, st.gen_ema))),)
+    hooks = ((eval_every, lambda step, st: writer.write("eval", step, eval_fn(step, st) or {})),)
   loop = Loop(name="distill", step_fn=round_fn, state=planned, data=data, total=opts.rounds,
+              total_name="distill.rounds",
               directory=os.path.join(workdir, "checkpoints"), mesh=mesh,
               key=jax.random.key(opts.seed + 2),
               extra=(jax.device_put(teacher_params, teacher_sh),), batch_axis=1,

@@ -165,6 +165,7 @@ def evaluate(config, workdir: str, task: Task, teacher_params: Any, gen_params: 
     name = f"{group}/{count}"
     results[group][str(count)] = {"nfe": count, **scorer.summarise(name),
                                   "s_per_sample": float(np.median(seconds[name]))}
+  results.setdefault("student", {})
   if writer is not None:
     writer.write("eval", int(config.distill.rounds) if step is None else step,
                  flat_metrics(results), echo=False)

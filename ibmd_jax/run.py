@@ -13,7 +13,7 @@ Resume is automatic (the training loop's, `ibmd_jax.train`); a finished teacher 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 import jax
 from absl import logging
@@ -69,6 +69,7 @@ def train_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, 
       out_shardings=(planned.shardings, shd.replicated(mesh)), donate_argnums=0)
   loop = Loop(name="teacher", step_fn=step_fn, state=planned,
               data=task.train_data("teacher", bs), total=int(tc.steps),
+              total_name="teacher.steps", save_at_end=False,
               directory=os.path.join(workdir, "teacher_checkpoints"), mesh=mesh,
               key=jax.random.fold_in(key, 1), batch_size=1, rate_name="steps_per_s",
               save_every=int(tc.save_every), keep=int(config.checkpoint.keep),
@@ -95,9 +96,10 @@ def get_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, tr
   return train_teacher(config, workdir, task, writer, mesh, deadline)
 
 
-def distill(config, workdir: str, task: Task, teacher_params, writer: MetricWriter, mesh,
-            deadline=None) -> steps.IBMDState:
-  """IBMD from the config (ibmd_jax.api.distill with the task's data and networks)."""
+def distill(config, workdir: str, task: Task, teacher_params, writer: Optional[MetricWriter],
+            mesh, deadline=None, eval_fn=None, eval_every: int = 0) -> steps.IBMDState:
+  """IBMD from the config (ibmd_jax.api.distill with the task's data and networks); eval_fn(step,
+  state) every eval_every rounds (api.distill)."""
   opts = api.DistillOptions.from_config(config)
   teacher = task.exact if config.distill.teacher == "exact" else task.net
   if config.distill.teacher == "exact" and task.exact is None:
@@ -107,9 +109,19 @@ def distill(config, workdir: str, task: Task, teacher_params, writer: MetricWrit
   return api.distill(teacher=teacher, teacher_params=teacher_params, net=task.net,
                      init_params=teacher_params, bridge=task.bridge, batches=data,
                      workdir=workdir, example=task.example(), options=opts, mesh=mesh,
-                     writer=writer, deadline=deadline,
+                     writer=writer, deadline=deadline, eval_fn=eval_fn, eval_every=eval_every,
                      profile_start=int(config.profile.start),
                      profile_steps=int(config.profile.steps))
+
+
+def init_distill_state(config, task: Task, teacher_params, mesh=None):
+  """(IBMDState, gen_tx, critic_tx) as distillation starts: generator and critic are the teacher,
+  the generator's noise weights zero (or N(0, distill.z_init_scale²)); built in its shardings."""
+  mesh = shd.mesh_from_config(config) if mesh is None else mesh
+  ib = evaluate_lib.make_ibmd(config, task)
+  planned, gen_tx, critic_tx = api.plan_state(ib, task.net, teacher_params, task.example(),
+                                              api.DistillOptions.from_config(config), mesh)
+  return planned.build(), gen_tx, critic_tx
 
 
 def saved_generator(config, workdir: str, task: Task, teacher_params, mesh):

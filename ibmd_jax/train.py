@@ -44,6 +44,8 @@ class Loop:
   directory: str  # checkpoints
   mesh: Mesh
   key: jax.Array  # step i uses fold_in(key, i)
+  total_name: str = "steps"  # the config key of `total`, for messages
+  save_at_end: bool = True  # save the final state (teacher training keeps only its result)
   extra: tuple = ()  # constant arguments before the batch (the teacher's parameters)
   batch_axis: int = 0  # the batch dimension of the data's arrays (1 for stacked round batches)
   batch_size: int = 1  # global examples per step (throughput)
@@ -145,8 +147,8 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
     if state is None:
       start, state = 0, loop.state.build()
     elif start > loop.total:
-      raise ValueError(f"{manager.directory} holds step {start} but the run is {loop.total} steps "
-                       f"long: raise the step count or use a new workdir")
+      raise ValueError(f"{manager.directory} holds step {start} but {loop.total_name}="
+                       f"{loop.total}: raise {loop.total_name} or use a new workdir")
     else:
       print(f"[{loop.name}] resumed from step {start}", flush=True)
     metrics = _Metrics(loop, writer, start)
@@ -158,9 +160,10 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
       metrics.push(step, m)  # reads step - 1's metrics: step is in flight
       _profile(loop, step)
       code = _stop_code(stop, loop.deadline) if step < loop.total else None
-      if code is not None or step == loop.total or manager.manager.should_save(step):
+      at_end = step == loop.total and loop.save_at_end
+      if code is not None or at_end or manager.manager.should_save(step):
         metrics.flush()  # this step's flag is read before its state is saved
-        manager.save(step, state, it, force=code is not None or step == loop.total,
+        manager.save(step, state, it, force=code is not None or at_end,
                      metrics=metrics.take_best())
       for every, hook in loop.hooks:
         if every > 0 and step % every == 0:

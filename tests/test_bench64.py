@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from bench import bench64
-from ibmd_jax import train
+from ibmd_jax import run as runner
 from tests.test_image_tasks import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +67,7 @@ def _row(psnr, ssim, swd, fd, kid, kid_std=0.001, s=None):
   r = {"psnr": psnr, "ssim": ssim, "swd": swd, "fd_pixel": fd, "kid_pixel": kid,
        "kid_pixel_std": kid_std}
   if s is not None:
-    r["s_per_image"] = s
+    r["s_per_sample"] = s
   return r
 
 
@@ -148,7 +148,7 @@ def test_cpu_inpainting_benchmark_restores_and_the_student_keeps_the_teachers_qu
   training photographs, distilled for 20 rounds, scored on 32 crops of the held-out photographs.
   Measured (this configuration, JAX 0.10.2 CPU): input PSNR 10.7 / SWD 0.338 / FD 13.4, teacher
   at 1 NFE 26.1 / 0.076 / 0.60, at 4 NFE 30.6 / 0.052 / 0.21, 1-step student 26.2 / 0.076 / 0.58."""
-  ev = train.run(_cpu_inpainting(20), str(tmp_path))["eval"]
+  ev = runner.run(_cpu_inpainting(20), str(tmp_path))["eval"]
   inp, t1, t4, s1 = ev["input"], ev["teacher"]["1"], ev["teacher"]["4"], ev["student"]["1"]
   # The benchmark measures something: the teacher restores the hole (input: noise in it).
   for row in (t1, t4, s1):
@@ -169,7 +169,7 @@ def test_cpu_inpainting_distillation_improves_the_one_step_student(tmp_path):
   0.0762 / FD 0.599, student 27.11 / 0.0695 / 0.458 (teacher at 2 NFE 29.33 / 0.0573 / 0.281)."""
   c = _cpu_inpainting(300)
   c.eval.teacher_nfes = (1, 2)
-  ev = train.run(c, str(tmp_path))["eval"]
+  ev = runner.run(c, str(tmp_path))["eval"]
   t1, s1 = ev["teacher"]["1"], ev["student"]["1"]
   assert s1["psnr"] > t1["psnr"] + 0.5
   assert s1["swd"] < 0.95 * t1["swd"] and s1["fd_pixel"] < 0.85 * t1["fd_pixel"]

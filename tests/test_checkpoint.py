@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from configs import toy_cond
-from ibmd_jax import checkpoint as ckpt
+from ibmd_jax import checkpointing as ckpt
 from ibmd_jax import sharding as shd
-from ibmd_jax import train
+from ibmd_jax import run as runner
 
 
 def _state(seed=0):
@@ -92,7 +92,7 @@ def test_distill_loads_a_teacher_written_by_teacher_mode(tmp_path):
   cfg.teacher.batch_size = 64
   cfg.model.width = 32
   cfg.log_every = 10
-  train.run(cfg, str(tmp_path / "teacher_run"))
+  runner.run(cfg, str(tmp_path / "teacher_run"))
   saved, _ = ckpt.load_teacher(str(tmp_path / "teacher_run" / "teacher"))
 
   cfg.mode = "distill"
@@ -103,7 +103,7 @@ def test_distill_loads_a_teacher_written_by_teacher_mode(tmp_path):
   cfg.distill.batch_size = 32
   cfg.distill.critic_steps = 1
   cfg.distill.z_channels = 0
-  out = train.run(cfg, str(tmp_path / "distill_run"))
+  out = runner.run(cfg, str(tmp_path / "distill_run"))
   assert int(out["state"].step) == 2
   assert not os.path.exists(tmp_path / "distill_run" / "teacher"), "no teacher trained again"
   # The critic starts from the loaded teacher; after two rounds it moved, but stays close.
@@ -113,4 +113,4 @@ def test_distill_loads_a_teacher_written_by_teacher_mode(tmp_path):
 
   cfg.model.width = 48  # a teacher of another architecture is refused with both configs named
   with pytest.raises(ValueError, match="make them agree"):
-    train.run(cfg, str(tmp_path / "distill_run2"))
+    runner.run(cfg, str(tmp_path / "distill_run2"))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ibmd_jax import ibmd as ibmd_lib
+from ibmd_jax import steps
 from ibmd_jax import toy
 from ibmd_jax.bridges import Bridge
 from ibmd_jax.denoiser import NetDenoiser, widen_like
@@ -60,7 +61,7 @@ def test_generator_and_critic_start_as_the_teacher():
   one_step_teacher = net(teacher, xT, t_top, xT)
   for seed in range(3):  # any z: the noise weights are zero
     np.testing.assert_allclose(ib.generate(gen, xT, jax.random.key(seed)), one_step_teacher, atol=1e-6)
-  state = ibmd_lib.init_state(gen, teacher, make_optimizer({}), make_optimizer({}))
+  state = steps.ibmd_state(gen, teacher, make_optimizer({}), make_optimizer({}))
   chex_equal = jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), state.critic, teacher)
   del chex_equal
   zero_rows = gen["in_proj"]["kernel"][2 * D:]
@@ -72,8 +73,8 @@ def test_steps_freeze_what_they_must():
   net, teacher, critic, gen = _nets(bridge, conditional=False)
   ib = ibmd_lib.IBMD(bridge=bridge, teacher=net, critic=net, generator=net, z_channels=2)
   tx = make_optimizer(dict(lr=1e-3))
-  state = ibmd_lib.init_state(gen, critic, tx, tx)
-  critic_step, generator_step, round_step = ibmd_lib.make_steps(ib, tx, tx)
+  state = steps.ibmd_state(gen, critic, tx, tx)
+  critic_step, generator_step, round_step = steps.make_ibmd_steps(ib, tx, tx)
   batch = {"xT": jax.random.normal(jax.random.key(0), (B, D))}
   teacher_before = jax.tree.map(jnp.copy, teacher)
   s1, m1 = jax.jit(critic_step)(state, batch, jax.random.key(1))

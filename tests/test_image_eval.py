@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 from configs import images
-from ibmd_jax import data, image_task, samplers, train
+from ibmd_jax import data, evaluate, report, samplers, tasks
+from ibmd_jax import run as runner
+from ibmd_jax.writer import MetricWriter
 from ibmd_jax.denoiser import widen_like
 from ibmd_jax import sharding as shd
 from ibmd_jax.eval import inception
@@ -43,8 +45,8 @@ def _params():
   drawn with numpy from the parameter shapes: compiling Flax's init costs a minute on 2 CPUs.
   Built once: every test here has the same model."""
   cfg = _config()
-  problem = train.make_problem(cfg)
-  x = jnp.asarray(problem.example())
+  problem = tasks.make_task(cfg)
+  x = jnp.asarray(problem.example()["x"])
   rng = np.random.default_rng(0)
 
   def draw(path, leaf):
@@ -58,7 +60,7 @@ def _params():
 
   shapes = jax.eval_shape(lambda: problem.net.init(jax.random.key(0), x))
   teacher = jax.tree_util.tree_map_with_path(draw, shapes)
-  z = int(cfg.distill.z_channels)
+  z = evaluate.make_ibmd(cfg, problem).z_channels
   gen_shapes = jax.eval_shape(lambda: problem.net.init(jax.random.key(0), x, z_channels=z))
   gen = jax.tree.map(np.asarray, widen_like(teacher, gen_shapes))
   return problem, teacher, gen
@@ -67,9 +69,9 @@ def _params():
 def _eval(cfg, workdir, mesh=None):
   problem, teacher, gen = _params()
   os.makedirs(workdir, exist_ok=True)
-  writer = train.MetricWriter(workdir)
+  writer = MetricWriter(workdir)
   try:
-    return image_task.evaluate(cfg, workdir, problem, teacher, gen, writer, mesh=mesh)
+    return evaluate.evaluate(cfg, workdir, problem, teacher, gen, writer, mesh=mesh)
   finally:
     writer.close()
 
@@ -96,9 +98,9 @@ def test_metrics_file_has_every_metric_for_every_sampler(sharded_run):
     row = on_disk[g][k]
     for m in cfg.eval.metrics:
       assert np.isfinite(row[m]), (g, k, m)
-    assert 0 < row["s_per_image"] < 10
+    assert 0 < row["s_per_sample"] < 10
   for name in ROWS:
-    assert set(cfg.eval.metrics) <= set(on_disk[name]) and "s_per_image" not in on_disk[name]
+    assert set(cfg.eval.metrics) <= set(on_disk[name]) and "s_per_sample" not in on_disk[name]
   # the metric log has the same numbers (finite ones)
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   ev = [r for r in rows if r["mode"] == "eval"][-1]
@@ -122,9 +124,9 @@ def test_metric_values_against_independent_computation(sharded_run):
                               use_sample_covariance=False) for a, b in zip(x0, xT)]
   assert res["input"]["psnr"] == pytest.approx(np.mean(ps), rel=1e-5)
   assert res["input"]["ssim"] == pytest.approx(np.mean(ss), abs=1e-5)
-  q = lambda x: image_task.to_uint8(x).astype(np.float32) / 127.5 - 1.0  # noqa: E731
+  q = lambda x: report.to_uint8(x).astype(np.float32) / 127.5 - 1.0  # noqa: E731
   assert res["input"]["swd"] == pytest.approx(M.swd(q(xT), q(x0))["mean"], rel=1e-6)
-  scales = image_task._pixel_scales(16)
+  scales = tasks.images.pixel_scales(16)
   f_in = np.asarray(M.pixel_features(xT, scales=scales), np.float64)
   f_ref = np.asarray(M.pixel_features(x0, scales=scales), np.float64)
   assert res["input"]["fd_pixel"] == pytest.approx(
@@ -159,15 +161,15 @@ def test_grids_report_and_plot(sharded_run):
       y = head + pad + i * (cell + pad)
       for col, img in ((0, ev["xT"][i]), (3, ev["x0"][i])):
         x = pad + col * (cell + pad)
-        want = image_task.to_uint8(img).repeat(4, 0).repeat(4, 1)
+        want = report.to_uint8(img).repeat(4, 0).repeat(4, 1)
         np.testing.assert_array_equal(g[y:y + cell, x:x + cell], want)
-  report = open(os.path.join(out, "report.md")).read()
-  assert "| sampler | NFE | PSNR ↑ | SSIM ↑ | SWD ↓ | FD pix ↓ | KID pix ↓ | s / image |" in report
-  for label in ("| degraded input |", "| teacher | 1 |", "| teacher | 2 |", "| IBMD student | 1 |",
-                "| IBMD student | 2 |", "| reference (itself) |", "quality_vs_nfe.png",
+  report_md = open(os.path.join(out, "report.md")).read()
+  assert "| sampler | NFE | PSNR ↑ | SSIM ↑ | SWD ↓ | FD pix ↓ | KID pix ↓ | s / sample |" in report_md
+  for label in ("| degraded input |", "| teacher (DDPM) | 1 |", "| teacher (DDPM) | 2 |",
+                "| IBMD student (trained for 1 step) | 1 |", "| IBMD student (trained for 1 step) | 2 |", "| reference (itself) |", "quality_vs_nfe.png",
                 "grid_student1.png", "grid_student2.png"):
-    assert label in report, label
-  assert f"| teacher | 2 | {res['teacher']['2']['psnr']:.2f} |" in report
+    assert label in report_md, label
+  assert f"| teacher (DDPM) | 2 | {res['teacher']['2']['psnr']:.2f} |" in report_md
   plot = Image.open(os.path.join(out, "quality_vs_nfe.png"))
   assert plot.size[0] >= 900 and plot.size[1] >= 900  # three rows of panels (PSNR, SWD, FD)
   assert os.path.getsize(os.path.join(out, "quality_vs_nfe.png")) > 30_000
@@ -197,27 +199,27 @@ def test_missing_inception_file_fails_before_sampling(tmp_path, monkeypatch):
     raise AssertionError("sampled before checking the weight files")
 
   monkeypatch.setattr(samplers, "sample", no_sampling)
-  problem = train.make_problem(_config())
+  problem = tasks.make_task(_config())
   missing = str(tmp_path / "pt_inception.pth")
   cfg = _config(metrics=("psnr", "fid"), inception_path=missing)
   with pytest.raises(FileNotFoundError) as e:
-    image_task.evaluate(cfg, str(tmp_path), problem, {}, None, None)
+    evaluate.evaluate(cfg, str(tmp_path), problem, {}, None, None)
   assert missing in str(e.value) and "pytorch-fid" in str(e.value)
   with pytest.raises(ValueError, match="eval.inception_path"):
-    image_task.evaluate(_config(metrics=("kid",)), str(tmp_path), problem, {}, None, None)
+    evaluate.evaluate(_config(metrics=("kid",)), str(tmp_path), problem, {}, None, None)
   with pytest.raises(ValueError, match="eval.resnet_path"):
-    image_task.evaluate(_config(metrics=("ca",)), str(tmp_path), problem, {}, None, None)
+    evaluate.evaluate(_config(metrics=("ca",)), str(tmp_path), problem, {}, None, None)
   with pytest.raises(ValueError, match="unknown.*'lpips'"):
-    image_task.evaluate(_config(metrics=("psnr", "lpips")), str(tmp_path), problem, {}, None, None)
+    evaluate.evaluate(_config(metrics=("psnr", "lpips")), str(tmp_path), problem, {}, None, None)
   with pytest.raises(ValueError, match="eval.split"):
-    image_task.evaluate(_config(split="val"), str(tmp_path), problem, {}, None, None)
+    evaluate.evaluate(_config(split="val"), str(tmp_path), problem, {}, None, None)
   with pytest.raises(ValueError, match="test split has"):
-    image_task.evaluate(_config(num_images=10**6), str(tmp_path), problem, {}, None, None)
+    evaluate.evaluate(_config(num_images=10**6), str(tmp_path), problem, {}, None, None)
   assert not os.path.exists(tmp_path / "eval")
   # a pipeline stops before training the teacher, not after distilling
   cfg.mode = "pipeline"
   with pytest.raises(FileNotFoundError, match="eval.inception_path"):
-    train.run(cfg, str(tmp_path / "run"))
+    runner.run(cfg, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run" / "teacher")
 
 
@@ -235,7 +237,7 @@ def test_teacher_only_fid_kid_is_with_local_inception_weights(tmp_path, monkeypa
   problem, teacher, _ = _params()
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
-  res = image_task.evaluate(cfg, workdir, problem, teacher, None, train.MetricWriter(workdir))
+  res = evaluate.evaluate(cfg, workdir, problem, teacher, None, MetricWriter(workdir))
   assert seen == [str(weights)]
   assert res["student"] == {} and set(res["teacher"]) == {"1"}
   cached = os.listdir(os.path.join(workdir, "eval", "ref_stats"))
@@ -257,12 +259,12 @@ def test_teacher_mode_writes_sample_grid(tmp_path, monkeypatch):
   """mode=teacher on an image config ends with a grid of the teacher's samples at eval.grid_nfes
   (the training itself is replaced by our fixed parameters: it is tested elsewhere)."""
   problem, teacher, _ = _params()
-  monkeypatch.setattr(train, "train_teacher", lambda *a: teacher)
+  monkeypatch.setattr(runner, "train_teacher", lambda *a, **k: teacher)
   cfg = _config()
   cfg.mode = "teacher"
   cfg.eval.grid_rows = 4
   workdir = str(tmp_path)
-  out = train.run(cfg, workdir)
+  out = runner.run(cfg, workdir)
   path = os.path.join(workdir, "eval", "teacher_grid.png")
   assert out["grid"] == path
   g = np.asarray(Image.open(path).convert("RGB"))
@@ -271,7 +273,7 @@ def test_teacher_mode_writes_sample_grid(tmp_path, monkeypatch):
       "columns: input | teacher NFE 1 | teacher NFE 2 | reference")
   ev = data.load_eval_set(dict(cfg.data), int(cfg.eval.num_images), int(cfg.seed))
   cell = lambda i, j: g[28 + i * 66:28 + i * 66 + 64, 2 + j * 66:2 + j * 66 + 64]  # noqa: E731
-  big = lambda x: image_task.to_uint8(x).repeat(4, 0).repeat(4, 1)  # noqa: E731
+  big = lambda x: report.to_uint8(x).repeat(4, 0).repeat(4, 1)  # noqa: E731
   for i in range(4):
     np.testing.assert_array_equal(cell(i, 0), big(ev["xT"][i]))
     np.testing.assert_array_equal(cell(i, 3), big(ev["x0"][i]))

@@ -17,6 +17,9 @@ import pytest
 from configs import images
 from ibmd_jax.bridges import Bridge
 from ibmd_jax.models import build_model
+from ibmd_jax import evaluate, steps, tasks
+from ibmd_jax import checkpointing as checkpoint
+from ibmd_jax import run as runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.environ.get("IBMD_FIXTURES", os.path.join(REPO, "..", "shared", "fixtures"))
@@ -99,7 +102,7 @@ def test_paper_settings(name):
   assert c.distill.gen_optimizer.lr == p["lr"] == c.distill.critic_optimizer.lr
   assert c.distill.rounds == p["rounds"][p["n"]]
   assert c.distill.batch_size == 256 and c.distill.ema == 0.99
-  assert c.distill.z_channels == (3 if p["z"] else 0) and c.distill.z_init_scale == 0.0
+  assert c.distill.z_channels == (-1 if p["z"] else 0) and c.distill.z_init_scale == 0.0
   assert c.distill.teacher == "network"
   # §3.3: the I2SB teachers' multistep generator runs its whole chain, the DDBM ones follow DMD2.
   assert c.distill.multistep == ("full_chain" if fam == "i2sb" else "dmd2")
@@ -163,8 +166,9 @@ def test_full_size_model_has_the_official_parameter_count(name):
                         for k, v in c.model.items()))
   assert _count_params(frozen, cond_ch, 0) == PARAMS[PAPER[name]["keys"]]
   if c.distill.z_channels:
-    extra = _count_params(frozen, cond_ch, c.distill.z_channels) - _count_params(frozen, cond_ch, 0)
-    assert extra == 3 * 3 * c.distill.z_channels * c.model.model_channels
+    z = int(c.data.channels)  # z_channels -1: as many as the data
+    extra = _count_params(frozen, cond_ch, z) - _count_params(frozen, cond_ch, 0)
+    assert extra == 3 * 3 * z * c.model.model_channels
 
 
 @functools.lru_cache(maxsize=None)
@@ -198,7 +202,6 @@ def test_unknown_option_is_a_clear_error(name):
 def test_teacher_mismatch_names_what_differs():
   """A saved or converted teacher is checked against the config: architecture (lists and tuples
   alike, compute-only options ignored), input width and the time input of a converted network."""
-  from ibmd_jax import checkpoint
 
   c = load_config("ddbm_e2h64", "tiny")
   meta = {"model": json.loads(json.dumps(dict(c.model)))}  # a JSON round trip: tuples -> lists
@@ -245,15 +248,14 @@ def _check_eval(workdir, c):
   from PIL import Image
   from skimage.metrics import peak_signal_noise_ratio
 
-  from ibmd_jax import image_task
 
   with open(os.path.join(workdir, "eval", "metrics.json")) as f:
     ev = json.load(f)
   assert set(ev["teacher"]) == {str(n) for n in c.eval.teacher_nfes}
   assert set(ev["student"]) == {str(n) for n in c.eval.student_steps}
   for row in list(ev["teacher"].values()) + list(ev["student"].values()):
-    assert 5.0 < row["psnr"] < 60.0 and row["s_per_image"] > 0, row
-  es = image_task.EvalSet(c, "test", int(c.eval.num_images), int(c.eval.batch_size), int(c.seed))
+    assert 5.0 < row["psnr"] < 60.0 and row["s_per_sample"] > 0, row
+  es = tasks.images.EvalSet(tasks.make_task(c), "test", int(c.eval.num_images), int(c.eval.batch_size), int(c.seed))
   ref = [peak_signal_noise_ratio(b["x0"][i], b["xT"][i], data_range=2.0)
          for j, b in es.batches() for i in range(es.valid(j))]
   assert len(ref) == c.eval.num_images
@@ -360,7 +362,7 @@ def test_tiny_inpainting_runs_a_round(name):
   from ibmd_jax import train
 
   c = _micro(load_config(name, "tiny"))
-  problem = train.make_problem(c)
+  problem = tasks.make_task(c)
   n, bs = int(c.distill.critic_steps) + 1, int(c.distill.batch_size)
   assert n == (2 if name == "dbim_inpaint256" else 3)
   batches = problem.distill_batches(0, n, bs)
@@ -371,16 +373,16 @@ def test_tiny_inpainting_runs_a_round(name):
   assert np.all(mask[..., 4:12, 4:12, :] == 1) and np.all(mask[:, :, ~hole] == 0)
   if name == "dbim_inpaint256":
     assert batches["label"].dtype == np.int32 and np.all(batches["label"] == 0)
-    assert c.distill.z_channels == 3 and c.distill.multistep == "dmd2"
+    assert c.distill.z_channels == -1 and c.distill.multistep == "dmd2"
   else:
     assert "label" not in batches
     assert c.distill.z_channels == 0 and c.distill.multistep == "full_chain"
   assert c.distill.n_steps == 4
 
   teacher = _numpy_params(problem)
-  state, gen_tx, critic_tx = train.init_distill_state(c, problem, teacher)
-  ib = train.make_ibmd(c, problem)
-  _, _, round_step = ibmd_lib.make_steps(ib, gen_tx, critic_tx, float(c.distill.ema))
+  state, gen_tx, critic_tx = runner.init_distill_state(c, problem, teacher)
+  ib = evaluate.make_ibmd(c, problem)
+  _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, float(c.distill.ema))
   batches = {k: jnp.asarray(v) for k, v in batches.items() if k != "x0"}
   new, m = jax.jit(round_step)(state, teacher, batches, jax.random.key(0))
   m = {k: float(v) for k, v in m.items()}
@@ -453,21 +455,21 @@ def test_converted_teacher_initialises_generator_and_samples(tmp_path, fixture):
   """launch.convert -> a teacher the setup's config accepts; the distillation state starts from
   the converted weights (critic equal, generator equal but for zero z weights), so the round-0
   generator computes the teacher's one-step x̂0(xT, T) on real images; our sampler runs on it."""
-  from ibmd_jax import checkpoint, convert, train
+  from ibmd_jax import convert
   from ibmd_jax.samplers import make_sampler
 
   family, setup = FIXTURE_SETUPS[fixture]
   teacher_dir = _convert(tmp_path, fixture)
   c = _apply(load_config(setup, "tiny"), _fixture_overrides(fixture, teacher_dir))
   c.mesh.data = 1
-  problem = train.make_problem(c)
-  teacher = train.get_teacher(c, str(tmp_path / "run"), problem, writer=None, train=False)
+  problem = tasks.make_task(c)
+  teacher = runner.get_teacher(c, str(tmp_path / "run"), problem, None, shd.mesh_from_config(c), train=False)
   npz = np.load(_fixture_file(fixture + ".npz"))
   ref, _ = convert.convert({k[6:]: npz[k] for k in npz.files if k.startswith("param/")},
                            checkpoint.load_teacher(teacher_dir)[1]["model"], family)
   jax.tree.map(np.testing.assert_array_equal, teacher, ref)
 
-  state, _, _ = train.init_distill_state(c, problem, teacher)
+  state, _, _ = runner.init_distill_state(c, problem, teacher)
   jax.tree.map(np.testing.assert_array_equal, state.critic, teacher)
   in_ch = 6 if c.conditional else 3
   flat_t = dict(jax.tree_util.tree_leaves_with_path(teacher))
@@ -484,7 +486,7 @@ def test_converted_teacher_initialises_generator_and_samples(tmp_path, fixture):
   xT = jnp.asarray(batch["xT"])
   assert xT.shape == (4, 32, 32, 3)
   label = jnp.full((4,), 3, jnp.int32) if c.model.num_classes else None
-  ib = train.make_ibmd(c, problem)
+  ib = evaluate.make_ibmd(c, problem)
   t_T = jnp.full((4,), problem.bridge.time_grid(1)[0])
 
   @jax.jit

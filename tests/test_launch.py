@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import toy_cond, toy_uncond
-from ibmd_jax import train
+from ibmd_jax import run as runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +42,7 @@ def test_pipeline_writes_everything(tmp_path, cfg_module, distill_teacher):
   workdir = str(tmp_path / "run")
   c = _tiny(cfg_module)
   c.distill.teacher = distill_teacher  # the trained net (default) or the toy's closed form
-  out = train.run(c, workdir)
+  out = runner.run(c, workdir)
   for rel in ("config.json", "metrics.jsonl", "teacher/teacher.json", "eval/metrics.json",
               "eval/report.md"):
     assert os.path.exists(os.path.join(workdir, rel)), rel
@@ -50,7 +50,7 @@ def test_pipeline_writes_everything(tmp_path, cfg_module, distill_teacher):
   assert modes == {"teacher", "distill", "eval"}
   ev = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
   assert set(ev["teacher"]) == {"1", "4"} == set(ev["exact_teacher"]) and set(ev["student"]) == {"1"}
-  assert ev["exact_teacher"]["4"]["energy_distance"] < ev["exact_teacher"]["1"]["energy_distance"]
+  assert ev["exact_teacher"]["4"]["ed"] < ev["exact_teacher"]["1"]["ed"]
   assert int(out["state"].step) == 6
 
 
@@ -64,12 +64,12 @@ def test_distillation_resumes_exactly(tmp_path):
     return c
 
   full = str(tmp_path / "full")
-  train.run(tiny(8), full)
+  runner.run(tiny(8), full)
   part = str(tmp_path / "part")
-  train.run(tiny(4), part)
+  runner.run(tiny(4), part)
   cfg = tiny(8)
   cfg.mode = "distill"  # teacher is reused from the workdir, distillation resumes at step 4
-  train.run(cfg, part)
+  runner.run(cfg, part)
   pick = lambda rows: {r["step"]: r["gen_loss"] for r in rows if r["mode"] == "distill"}
   a, b = pick(_rows(full)), pick(_rows(part))
   assert sorted(b) == [2, 4, 6, 8]
@@ -97,8 +97,8 @@ def test_missing_teacher_checkpoint_is_a_clear_error(tmp_path):
   cfg = _tiny(None)
   cfg.mode = "distill"
   with pytest.raises(FileNotFoundError, match="mode=teacher"):
-    train.run(cfg, str(tmp_path / "nothing"))
+    runner.run(cfg, str(tmp_path / "nothing"))
   cfg.teacher.source = "checkpoint"
   cfg.teacher.checkpoint = str(tmp_path / "not_there")
   with pytest.raises(FileNotFoundError, match="not_there"):
-    train.run(cfg, str(tmp_path / "nothing2"))
+    runner.run(cfg, str(tmp_path / "nothing2"))

@@ -7,22 +7,24 @@ import pytest
 from configs import toy_cond
 from ibmd_jax import ibmd as ibmd_lib
 from ibmd_jax import sharding as shd
-from ibmd_jax import train
+from ibmd_jax import api, evaluate, steps, tasks
+from ibmd_jax import run as runner
 
 
 def _round(mesh_devices, data, fsdp):
   cfg = toy_cond.get_config()
   cfg.model.width = 256  # big enough that FSDP really splits the dense kernels
   cfg.distill.critic_steps = 2
-  problem = train.make_problem(cfg)
+  problem = tasks.make_task(cfg)
   teacher = problem.net.init(jax.random.key(0), jnp.zeros((2, 2)))
-  state, gtx, ctx = train.init_distill_state(cfg, problem, teacher)
-  ib = train.make_ibmd(cfg, problem)
-  _, _, round_step = ibmd_lib.make_steps(ib, gtx, ctx, 0.99)
+  state, gtx, ctx = runner.init_distill_state(cfg, problem, teacher)
+  ib = evaluate.make_ibmd(cfg, problem)
+  _, _, round_step = steps.make_ibmd_steps(ib, gtx, ctx, 0.99)
   mesh = shd.make_mesh(data, fsdp, devices=mesh_devices)
-  fn, state_sh, teacher_sh = train.sharded_round(round_step, mesh, state, teacher)
+  state_sh, teacher_sh = shd.state_shardings(mesh, state), shd.state_shardings(mesh, teacher)
+  fn = api.jit_round(round_step, mesh, state_sh, teacher_sh)
   state = jax.device_put(state, state_sh)
-  xT = problem.distill_batches(0, 3, 64)["xT"]
+  xT = next(iter(problem.train_data("distill", 64, 3)))["xT"]
   out, metrics = fn(state, jax.device_put(teacher, teacher_sh), {"xT": shd.global_batch(mesh, xT, 1)},
                     jax.random.key(2))
   out, metrics = fn(out, jax.device_put(teacher, teacher_sh), {"xT": shd.global_batch(mesh, xT, 1)},

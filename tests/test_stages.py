@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from ibmd_jax import run as runner
 from ibmd_jax import train
 from tests.test_image_tasks import load_config
 
@@ -42,7 +43,7 @@ def _steps(directory):
 
 def test_stop_after_s_cuts_teacher_and_distillation_into_resumable_calls(tmp_path, capsys):
   ref = str(tmp_path / "ref")
-  train.run(_tiny("teacher"), ref)
+  runner.run(_tiny("teacher"), ref)
 
   run = str(tmp_path / "run")
   calls = 0
@@ -51,7 +52,7 @@ def test_stop_after_s_cuts_teacher_and_distillation_into_resumable_calls(tmp_pat
       calls += 1
       assert calls < 20
       try:
-        train.run(_tiny(mode, stop_after_s=1e-6), run)  # every call: one step, then stop
+        runner.run(_tiny(mode, stop_after_s=1e-6), run)  # every call: one step, then stop
         break
       except SystemExit as e:
         assert e.code == train.EXIT_RESUME
@@ -79,9 +80,9 @@ def test_stop_after_s_cuts_teacher_and_distillation_into_resumable_calls(tmp_pat
 def test_teacher_checkpoint_beyond_the_configured_steps_is_refused(tmp_path):
   run = str(tmp_path / "run")
   with pytest.raises(SystemExit):
-    train.run(_tiny("teacher", stop_after_s=1e-6), run)
+    runner.run(_tiny("teacher", stop_after_s=1e-6), run)
   c = _tiny("teacher")
   c.teacher.steps = 0  # the saved step 1 is beyond it
   with pytest.raises(ValueError, match=r"holds step 1 but teacher.steps=0"):
-    train.run(c, run)
+    runner.run(c, run)
   assert _steps(os.path.join(run, "teacher_checkpoints")) == [1]  # nothing saved is lost

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ibmd_jax import teacher as teacher_lib
+from ibmd_jax import steps
 from ibmd_jax import toy
 from ibmd_jax.bridges import Bridge
 from ibmd_jax.denoiser import NetDenoiser
@@ -18,8 +18,8 @@ def test_trained_mlp_teacher_matches_exact_teacher():
   b = Bridge(kind="vp", precond="edm")
   net = NetDenoiser(b, MLP(width=128, depth=3, time_scale=1 / 250), conditional=True)
   tx = make_optimizer(dict(name="adam", lr=2e-3))
-  state = teacher_lib.init_state(net.init(jax.random.key(0), jnp.zeros((2, 2))), tx)
-  step = teacher_lib.make_train_step(net, b, tx, ema_decay=0.99)
+  state = steps.teacher_state(net.init(jax.random.key(0), jnp.zeros((2, 2))), tx)
+  step = steps.make_teacher_step(net, b, tx, ema_decay=0.99)
 
   @jax.jit
   def train_100(state, start):  # 100 steps in one compiled loop (1500 dispatches cost ~40 s)
@@ -58,10 +58,10 @@ def test_masked_loss_counts_only_the_hole():
   xT = jnp.ones((4, 6))
   mask = jnp.broadcast_to(jnp.array([1.0, 1, 0, 0, 0, 0]), (4, 6))
   wrong_outside = jnp.array([0.0, 0, 5, 5, 5, 5])  # errors only on known pixels
-  loss = teacher_lib.bridge_matching_loss(wrong_outside, pred, b, {"x0": x0, "xT": xT, "mask": mask},
+  loss = steps.bridge_matching_loss(wrong_outside, pred, b, {"x0": x0, "xT": xT, "mask": mask},
                                           jax.random.key(0))
   assert float(loss) == 0.0
   wrong_inside = jnp.array([1.0, 0, 0, 0, 0, 0])
-  loss = teacher_lib.bridge_matching_loss(wrong_inside, pred, b, {"x0": x0, "xT": xT, "mask": mask},
+  loss = steps.bridge_matching_loss(wrong_inside, pred, b, {"x0": x0, "xT": xT, "mask": mask},
                                           jax.random.key(0))
   assert float(loss) > 0.0
