@@ -20,6 +20,7 @@ from ibmd_jax.models import build_model
 from ibmd_jax import evaluate, steps, tasks
 from ibmd_jax import checkpointing as checkpoint
 from ibmd_jax import run as runner
+from ibmd_jax import sharding as shd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.environ.get("IBMD_FIXTURES", os.path.join(REPO, "..", "shared", "fixtures"))
@@ -336,11 +337,16 @@ def _micro(c):
   return c
 
 
+def _one_device():
+  return shd.make_mesh(1, 1, devices=jax.devices()[:1])
+
+
 def _numpy_params(problem, seed=0):
   """Teacher-shaped params with O(1) activations, drawn in numpy (XLA:CPU compiles the UNet's
   threefry init slowly)."""
+  ex = problem.example()
   shapes = jax.eval_shape(lambda: problem.net.init(
-      jax.random.key(0), jnp.asarray(problem.example()), label=problem.example_label()))
+      jax.random.key(0), jnp.asarray(ex["x"]), label=ex.get("label")))
   rng = np.random.default_rng(seed)
 
   def leaf(path, a):
@@ -359,13 +365,12 @@ def test_tiny_inpainting_runs_a_round(name):
   noise input and a 4-step full-chain generator, DBIM's a class label (fixed: the photographs
   have none), 1:1 critic ratio and a 4-step DMD2 generator; one fused round runs."""
   from ibmd_jax import ibmd as ibmd_lib
-  from ibmd_jax import train
 
   c = _micro(load_config(name, "tiny"))
   problem = tasks.make_task(c)
   n, bs = int(c.distill.critic_steps) + 1, int(c.distill.batch_size)
   assert n == (2 if name == "dbim_inpaint256" else 3)
-  batches = problem.distill_batches(0, n, bs)
+  batches = next(iter(problem.train_data("distill", bs, n)))
   assert batches["xT"].shape == (n, bs, 16, 16, 3)
   mask = batches["mask"]
   hole = np.zeros((16, 16), bool)
@@ -380,7 +385,7 @@ def test_tiny_inpainting_runs_a_round(name):
   assert c.distill.n_steps == 4
 
   teacher = _numpy_params(problem)
-  state, gen_tx, critic_tx = runner.init_distill_state(c, problem, teacher)
+  state, gen_tx, critic_tx = runner.init_distill_state(c, problem, teacher, _one_device())
   ib = evaluate.make_ibmd(c, problem)
   _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, float(c.distill.ema))
   batches = {k: jnp.asarray(v) for k, v in batches.items() if k != "x0"}
@@ -463,13 +468,13 @@ def test_converted_teacher_initialises_generator_and_samples(tmp_path, fixture):
   c = _apply(load_config(setup, "tiny"), _fixture_overrides(fixture, teacher_dir))
   c.mesh.data = 1
   problem = tasks.make_task(c)
-  teacher = runner.get_teacher(c, str(tmp_path / "run"), problem, None, shd.mesh_from_config(c), train=False)
+  teacher = runner.get_teacher(c, str(tmp_path / "run"), problem, None, _one_device(), train=False)
   npz = np.load(_fixture_file(fixture + ".npz"))
   ref, _ = convert.convert({k[6:]: npz[k] for k in npz.files if k.startswith("param/")},
                            checkpoint.load_teacher(teacher_dir)[1]["model"], family)
   jax.tree.map(np.testing.assert_array_equal, teacher, ref)
 
-  state, _, _ = runner.init_distill_state(c, problem, teacher)
+  state, _, _ = runner.init_distill_state(c, problem, teacher, _one_device())
   jax.tree.map(np.testing.assert_array_equal, state.critic, teacher)
   in_ch = 6 if c.conditional else 3
   flat_t = dict(jax.tree_util.tree_leaves_with_path(teacher))
@@ -482,7 +487,7 @@ def test_converted_teacher_initialises_generator_and_samples(tmp_path, fixture):
     else:
       np.testing.assert_array_equal(g, t)
 
-  batch = problem.teacher_batch(0, 4)  # real photographs, degraded
+  batch = next(iter(problem.train_data("teacher", 4)))  # real photographs, degraded
   xT = jnp.asarray(batch["xT"])
   assert xT.shape == (4, 32, 32, 3)
   label = jnp.full((4,), 3, jnp.int32) if c.model.num_classes else None
