@@ -193,11 +193,15 @@ def checks(ev1: dict, ev2: dict) -> list[tuple[str, bool, str]]:
 
 
 def table(ev1: dict, ev2: dict) -> str:
-  """The evaluation report's table (image_task.format_eval_table) with both students in it."""
-  from ibmd_jax.image_task import format_eval_table  # JAX only here, never in the stage runner
+  """The evaluation report's table (report.format_table) with both students in it."""
+  from ibmd_jax import report  # JAX only here, never in the stage runner
+  from ibmd_jax.tasks.images import COLUMNS
 
-  return format_eval_table(dict(ev1, student={"1": ev1["student"]["1"],
-                                              "2": ev2["student"]["2"]}))
+  ev = dict(ev1, student={"1": ev1["student"]["1"], "2": ev2["student"]["2"]})
+  ev.setdefault("groups", ["teacher", "student"])
+  ev.setdefault("baselines", {"input": "degraded input", "reference": "reference (itself)"})
+  ev.setdefault("labels", {})["student"] = "IBMD student (1- and 2-step generators)"
+  return report.format_table(ev, COLUMNS)
 
 
 def report(args) -> int:

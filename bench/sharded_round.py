@@ -1,7 +1,7 @@
 """The sharded IBMD round on several devices (8 fake CPU devices by default): runs and agrees.
 
 Correctness, not speed: one fused round (ibmd_jax.ibmd.make_steps) is compiled with the
-library's explicit shardings and donation (ibmd_jax.train.sharded_round) on a (data, fsdp) mesh,
+library's explicit shardings and donation (ibmd_jax.api.jit_round) on a (data, fsdp) mesh,
 run from the same state, teacher, batches and key as the same round jitted on one device, and
 the two results (metrics, generator and critic parameters after the update) are compared.
 
@@ -91,7 +91,7 @@ def rel_err(a, b) -> float:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-  from ibmd_jax.train import sharded_round  # the launcher's own jit of the round
+  from ibmd_jax.api import jit_round  # the launcher's own jit of the round
 
   start = time.time()
   args = parse_args(argv)
@@ -119,7 +119,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   single_s = time.perf_counter() - t0
 
   # Sharded: the library's shardings and donation.
-  fn, state_sh, teacher_sh = sharded_round(bench.round_step, mesh, bench.state, bench.teacher)
+  state_sh = shd.state_shardings(mesh, bench.state)
+  teacher_sh = shd.state_shardings(mesh, bench.teacher)
+  fn = jit_round(bench.round_step, mesh, state_sh, teacher_sh)
   state = jax.device_put(jax.tree.map(np.asarray, bench.state), state_sh)
   teacher = jax.device_put(jax.tree.map(np.asarray, bench.teacher), teacher_sh)
   sbatches = {k: jax.device_put(np.asarray(v), shd.batch_sharding(mesh, 1))

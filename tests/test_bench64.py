@@ -115,11 +115,11 @@ def test_report_writes_tables_checks_and_grids(tmp_path):
   out.parent.mkdir()
   assert bench64.main([f"--root={root}", "--tasks=sr4,jpeg10", f"--report={out}"]) == 0
   text = out.read_text()
-  # The evaluation report's table (image_task.format_eval_table), both students in it.
-  assert text.count("| IBMD student | 1 | 21.00 | 0.5500 | 0.052 | 1.02 | 0.0101 ± 0.001 | 0.01 |") == 2
-  assert text.count("| IBMD student | 2 | 21.50 | 0.5600 | 0.0505 | 1.01 | 0.01 ± 0.001 | 0.02 |") == 2
+  # The evaluation report's table (report.format_table), both students in it.
+  assert text.count("| IBMD student (1- and 2-step generators) | 1 | 21.00 | 0.5500 | 0.052 | 1.02 | 0.0101 ± 0.001 | 0.01 |") == 2
+  assert text.count("| IBMD student (1- and 2-step generators) | 2 | 21.50 | 0.5600 | 0.0505 | 1.01 | 0.01 ± 0.001 | 0.02 |") == 2
   assert "| teacher | 1000 | 30.00 |" in text and "| reference (itself) | – | inf |" in text
-  assert "| sampler | NFE | PSNR ↑ | SSIM ↑ | SWD ↓ | FD pix ↓ | KID pix ↓ | s / image |" in text
+  assert "| sampler | NFE | PSNR ↑ | SSIM ↑ | SWD ↓ | FD pix ↓ | KID pix ↓ | s / sample |" in text
   assert "1 × NVIDIA H100 (JAX 0.11.2)" in text and "teacher 300, eval1 60" in text
   assert "Stage time in all: 360 s (6.0 min) over 3 calls." in text
   assert text.count("✅") == 8 and "❌" not in text
