@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 VENV="${IBMD_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$VENV/bin/python" -m pip install -q -e .
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[images]"
 WORKDIR="${1:-runs/toy_cond}"
 shift || true
 exec "$VENV/bin/python" -m launch.main --config=configs/toy_cond.py --workdir="$WORKDIR" "$@"

@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 VENV="${IBMD_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]"
 # PyTorch is optional (checkpoint import and parity tests only); without it those tests skip.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0" \
   || echo "note: torch could not be installed; torch parity tests will be skipped"

@@ -44,6 +44,7 @@ def _steps(directory):
 def test_stop_after_s_cuts_teacher_and_distillation_into_resumable_calls(tmp_path, capsys):
   ref = str(tmp_path / "ref")
   runner.run(_tiny("teacher"), ref)
+  runner.run(_tiny("distill"), ref)  # the uninterrupted distillation from that teacher
 
   run = str(tmp_path / "run")
   calls = 0
@@ -69,12 +70,19 @@ def test_stop_after_s_cuts_teacher_and_distillation_into_resumable_calls(tmp_pat
   assert sorted(_rows(run, "distill")) == [1, 2]
 
   # The teacher trained in three calls is the uninterrupted one: same loss at every step (data
-  # position, optimiser, EMA and step restored). Distillation's exact resume: test_sweep_signal.
+  # position, optimiser, EMA and step restored), and so is the image distillation cut after its
+  # first round: its second round sees the batches an uninterrupted run sees (the grain position
+  # is an Orbax item of the checkpoint) from the same state.
   a, b = _rows(ref, "teacher"), _rows(run, "teacher")
   assert sorted(b) == [1, 2, 3]
   for step in (1, 2, 3):
     assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-7), step
     assert b[step]["grad_norm"] == pytest.approx(a[step]["grad_norm"], rel=1e-5), step
+  a, b = _rows(ref, "distill"), _rows(run, "distill")
+  for step in (1, 2):
+    for k in ("gen_loss", "critic_loss", "gen_grad_norm"):
+      assert b[step][k] == pytest.approx(a[step][k], rel=1e-4, abs=1e-7), (step, k)
+  assert os.path.isdir(os.path.join(run, "checkpoints", "1", "data"))
 
 
 def test_teacher_checkpoint_beyond_the_configured_steps_is_refused(tmp_path):

@@ -1,12 +1,14 @@
 """A short toy distillation must move the one-step student clearly away from its start (the
 teacher network's one-step output, ED ≈ 1.6 to the true p(x0 | xT)) towards the truth, and the same
-check must fail when the method is broken: the generator loss's sign flipped, its critic term
-dropped, or the gradient through x_t stopped (the mutation runs are slow-marked; measured results
-in docs/toy_results.md, "Mutation checks")."""
+check must fail when the method is broken: the generator loss's sign flipped or its critic term
+dropped (the mutation runs are slow-marked). Measured (2026-12, this config): the method 0.14
+against a start of 1.66; flipped sign 1.58, critic term dropped 2.25 (both fail the check).
+Stopping the gradient through x_t does NOT fail it here (0.089: the direct x0 path,
+2λ(x̂0^φ − x̂0*), alone moves this toy student to the truth); that mutation is caught by
+tests/test_method.py's finite-difference gradient test instead (docs/toy_results.md)."""
 import json
 import os
 
-import jax
 import pytest
 
 from configs import toy_cond
@@ -14,15 +16,18 @@ from ibmd_jax import ibmd as ibmd_lib
 from ibmd_jax import run as runner
 
 # The student must end below this fraction of the one-step teacher's energy distance. Measured
-# (2026-12, this config): 0.07-0.10 for the real method; >= 0.5 for each mutation.
+# (2026-12, this config): 0.085 of the start for the real method, 0.97 and 1.38 for the mutations.
 IMPROVEMENT = 0.3
 
 
 def _config():
   c = toy_cond.get_config()
   c.model.width = 64
-  c.teacher.steps, c.teacher.batch_size = 400, 256
-  c.distill.rounds, c.distill.batch_size = 150, 256
+  c.teacher.steps, c.teacher.batch_size = 600, 256
+  # x̂0* is the closed form: the target is the truth itself, so the student's distance measures
+  # the method, not an undertrained teacher. Generator and critic start from the trained network.
+  c.distill.teacher = "exact"
+  c.distill.rounds, c.distill.batch_size = 300, 256
   c.log_every = 50
   c.checkpoint.every = 10**6
   c.eval.teacher_nfes = (1,)
@@ -59,23 +64,14 @@ def _no_critic(self, gen_params, critic_params, teacher_params, batch, key):
   return aux["teacher_term"], aux
 
 
-def _no_xt_gradient(self, x0, xT, key):
-  return _ORIGINAL_POINT(self, jax.lax.stop_gradient(x0), xT, key)
-
-
 _ORIGINAL = ibmd_lib.IBMD.generator_loss
-_ORIGINAL_POINT = ibmd_lib.IBMD._bridge_point
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["flipped_sign", "no_critic_term", "no_xt_gradient"])
+@pytest.mark.parametrize("name", ["flipped_sign", "no_critic_term"])
 def test_the_check_fails_for_a_broken_method(tmp_path, monkeypatch, name):
-  if name == "flipped_sign":
-    monkeypatch.setattr(ibmd_lib.IBMD, "generator_loss", _flipped)
-  elif name == "no_critic_term":
-    monkeypatch.setattr(ibmd_lib.IBMD, "generator_loss", _no_critic)
-  else:
-    monkeypatch.setattr(ibmd_lib.IBMD, "_bridge_point", _no_xt_gradient)
+  monkeypatch.setattr(ibmd_lib.IBMD, "generator_loss",
+                      _flipped if name == "flipped_sign" else _no_critic)
   try:
     r = _distil(tmp_path / "run")
   except FloatingPointError:  # the broken method diverged: the check fails all the more
