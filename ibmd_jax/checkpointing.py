@@ -108,19 +108,19 @@ def teacher_mismatch(meta: dict, config) -> Optional[str]:
                     f"config {_plain(b) if b is not missing else '(absent)'}")
     if diff:
       return "its network differs from config.model (" + "; ".join(diff) + ")"
-  conditional = bool(config.get("conditional", False))
+  conditional = bool(config.conditional)
   if "conditional" in meta and bool(meta["conditional"]) != conditional:
     return (f"it was trained with conditional={bool(meta['conditional'])} but the config has "
             f"conditional={conditional}")
-  if "in_channels" in meta and "data" in config:
-    channels = int(config.data.get("channels", 3))
+  if "in_channels" in meta:
+    channels = int(config.data.channels)
     want = channels * (2 if conditional else 1)
     if int(meta["in_channels"]) != want:
       return (f"its first convolution takes {meta['in_channels']} input channels, but the config "
               f"feeds {want} ({channels} image channels"
               f"{', plus xT: conditional=True' if conditional else ', conditional=False'}); a "
               f"{meta.get('family', '?')} checkpoint needs that family's config")
-  if meta.get("c_noise") in _C_NOISE_KINDS and "bridge" in config:
+  if meta.get("c_noise") in _C_NOISE_KINDS:
     bridge = Bridge.from_config(config.bridge)
     kind = bridge.c_noise_kind
     if kind == "default":

@@ -76,13 +76,13 @@ def test_steps_freeze_what_they_must():
   state = steps.ibmd_state(gen, critic, tx, tx)
   critic_step, generator_step, round_step = steps.make_ibmd_steps(ib, tx, tx)
   batch = {"xT": jax.random.normal(jax.random.key(0), (B, D))}
-  teacher_before = jax.tree.map(jnp.copy, teacher)
   s1, m1 = jax.jit(critic_step)(state, batch, jax.random.key(1))
   jax.tree.map(np.testing.assert_array_equal, s1.gen, state.gen)
   assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(s1.critic), jax.tree.leaves(state.critic)))
   s2, m2 = jax.jit(generator_step)(state, teacher, batch, jax.random.key(2))
   jax.tree.map(np.testing.assert_array_equal, s2.critic, state.critic)
-  jax.tree.map(np.testing.assert_array_equal, teacher, teacher_before)
+  # (the teacher is an argument, not part of the state: a jitted step cannot change it, so there
+  # is nothing to assert about it here; tests/test_method.py checks the gradient itself)
   assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(s2.gen), jax.tree.leaves(state.gen)))
   assert int(s2.step) == 1 and int(s1.step) == 0
   batches = {"xT": jax.random.normal(jax.random.key(3), (6, B, D))}
