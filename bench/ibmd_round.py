@@ -27,6 +27,7 @@ import optax
 
 from bench import common, flops
 from ibmd_jax import ibmd as ibmd_lib
+from ibmd_jax import steps
 from ibmd_jax.optim import make_optimizer
 
 
@@ -95,7 +96,7 @@ class RoundBench:
     else:
       opt = {"name": args.optimizer, "lr": args.lr}
       self.gen_tx, self.critic_tx = make_optimizer(opt), make_optimizer(opt)
-    self.critic_step, self.generator_step, self.round_step = ibmd_lib.make_steps(
+    self.critic_step, self.generator_step, self.round_step = steps.make_ibmd_steps(
         self.ibmd, self.gen_tx, self.critic_tx)
     t0 = time.perf_counter()
     key = jax.random.key(args.seed)
@@ -110,7 +111,7 @@ class RoundBench:
     key = jax.random.fold_in(jax.random.key(self.args.seed), 1)
     gen = self.setup.random_params(key, self.args.z_channels)
     # The critic starts from the teacher (own copy: the round donates the state).
-    return ibmd_lib.init_state(gen, self.teacher, self.gen_tx, self.critic_tx)
+    return steps.ibmd_state(gen, self.teacher, self.gen_tx, self.critic_tx)
 
   def state_alive(self) -> bool:
     return not any(x.is_deleted() for x in jax.tree.leaves(self.state))

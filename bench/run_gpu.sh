@@ -15,7 +15,7 @@
 # Each part leaves $OUT/<part>.json (every result, merged), $OUT/<part>.md (the tables) and
 # $OUT/<part>.log: three files per part, within the tool's 8 files per call.
 #
-# The scripts need jax, flax, optax, numpy (and orbax/absl for 'sharded', through ibmd_jax.train):
+# The scripts need jax, flax, optax, numpy (and orbax/absl for 'sharded', through ibmd_jax.sharding):
 # all in the device image, so no wheels travel. BENCH_TINY=1 swaps in the CPU-sized 'micro' UNet
 # and tiny sizes, so that every flag here can be checked on a CPU in a few minutes:
 #   BENCH_TINY=1 OUT=/tmp/bench_dry bash bench/run_gpu.sh all

@@ -1,7 +1,7 @@
 """The sharded IBMD round on several devices (8 fake CPU devices by default): runs and agrees.
 
 Correctness, not speed: one fused round (ibmd_jax.ibmd.make_steps) is compiled with the
-library's explicit shardings and donation (ibmd_jax.api.jit_round) on a (data, fsdp) mesh,
+library's explicit shardings and donation (ibmd_jax.sharding.jit_round) on a (data, fsdp) mesh,
 run from the same state, teacher, batches and key as the same round jitted on one device, and
 the two results (metrics, generator and critic parameters after the update) are compared.
 
@@ -91,7 +91,7 @@ def rel_err(a, b) -> float:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-  from ibmd_jax.api import jit_round  # the launcher's own jit of the round
+  from ibmd_jax.sharding import jit_round  # the launcher's own jit of the round
 
   start = time.time()
   args = parse_args(argv)

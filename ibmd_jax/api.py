@@ -109,14 +109,6 @@ def plan_state(ib: IBMD, net: NetDenoiser, init_params: Any, example: dict, opts
   return planned, gen_tx, critic_tx
 
 
-def jit_round(round_step, mesh, state_shardings, teacher_shardings):
-  """jit of the fused round with explicit in/out shardings and the state donated."""
-  rep = shd.replicated(mesh)
-  return jax.jit(round_step,
-                 in_shardings=(state_shardings, teacher_shardings, shd.batch_sharding(mesh, 1), rep),
-                 out_shardings=(state_shardings, rep), donate_argnums=0)
-
-
 def distill(*, teacher: Predictor, teacher_params: Any, net: NetDenoiser, init_params: Any,
             bridge: Bridge, batches: Any, workdir: str, example: Optional[dict] = None,
             options: Optional[DistillOptions] = None, mesh=None,
@@ -141,7 +133,7 @@ def distill(*, teacher: Predictor, teacher_params: Any, net: NetDenoiser, init_p
   planned, gen_tx, critic_tx = plan_state(ib, net, init_params, example, opts, mesh)
   _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, opts.ema)
   teacher_sh = shd.state_shardings(mesh, teacher_params)
-  round_fn = jit_round(round_step, mesh, planned.shardings, teacher_sh)
+  round_fn = shd.jit_round(round_step, mesh, planned.shardings, teacher_sh)
   own_writer = writer is None
   writer = MetricWriter(workdir) if own_writer else writer
   hooks = ()

@@ -98,3 +98,11 @@ def to_host(tree):
   if jax.process_count() == 1:
     return jax.tree.map(np.asarray, jax.device_get(tree))
   return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def jit_round(round_step, mesh: Mesh, state_shardings, teacher_shardings):
+  """jit of the fused IBMD round with explicit in/out shardings and the state donated."""
+  rep = replicated(mesh)
+  return jax.jit(round_step,
+                 in_shardings=(state_shardings, teacher_shardings, batch_sharding(mesh, 1), rep),
+                 out_shardings=(state_shardings, rep), donate_argnums=0)

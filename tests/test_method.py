@@ -168,7 +168,7 @@ def test_round_compiles_once_per_shape():
     traces.append(1)
     return round_step(*args)
 
-  fn = api.jit_round(counted, mesh, planned.shardings, shd.state_shardings(mesh, teacher))
+  fn = shd.jit_round(counted, mesh, planned.shardings, shd.state_shardings(mesh, teacher))
   state = planned.build()
   data = iter(task.train_data("distill", 16, 3))
   for r in range(3):

@@ -22,7 +22,7 @@ def _round(mesh_devices, data, fsdp):
   _, _, round_step = steps.make_ibmd_steps(ib, gtx, ctx, 0.99)
   mesh = shd.make_mesh(data, fsdp, devices=mesh_devices)
   state_sh, teacher_sh = shd.state_shardings(mesh, state), shd.state_shardings(mesh, teacher)
-  fn = api.jit_round(round_step, mesh, state_sh, teacher_sh)
+  fn = shd.jit_round(round_step, mesh, state_sh, teacher_sh)
   state = jax.device_put(state, state_sh)
   xT = next(iter(problem.train_data("distill", 64, 3)))["xT"]
   out, metrics = fn(state, jax.device_put(teacher, teacher_sh), {"xT": shd.global_batch(mesh, xT, 1)},
