@@ -3,8 +3,9 @@
 `run_loop(Loop(...), writer)` runs a jitted step over a grain data stream with everything a long
 run needs written once:
 - resume: the newest checkpoint that restores (state + data position) is the starting point;
-- checkpoints every `save_every` steps, at the end, on SIGTERM (exit 143) and after
-  `stop_after_s` (exit 75: run the same command again to continue);
+- checkpoints every `save_every` steps, at the end, on preemption (SIGTERM; on several hosts at
+  the step of JAX's preemption sync point, through Orbax; exit 143) and after `stop_after_s`
+  (exit 75: run the same command again to continue);
 - no host sync per step: step t's metrics are read after step t + 1 has been dispatched (and at
   a save, before it), logged every `log_every` steps;
 - the non-finite guard: every step computes a `finite` flag on the device; the run stops at the
@@ -21,6 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from ibmd_jax import sharding as shd
@@ -159,7 +161,7 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
       step = i + 1
       metrics.push(step, m)  # reads step - 1's metrics: step is in flight
       _profile(loop, step)
-      code = _stop_code(stop, loop.deadline) if step < loop.total else None
+      code = _stop_code(stop, loop.deadline, manager, step) if step < loop.total else None
       at_end = step == loop.total and loop.save_at_end
       if code is not None or at_end or manager.manager.should_save(step):
         metrics.flush()  # this step's flag is read before its state is saved
@@ -181,11 +183,20 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
   return state
 
 
-def _stop_code(stop: StopSignal, deadline: Optional[float]) -> Optional[int]:
-  if stop.received:
+def _stop_code(stop: StopSignal, deadline: Optional[float], manager: RunCheckpointer,
+               step: int) -> Optional[int]:
+  """Several processes stop at the step JAX's preemption sync point agrees on (through Orbax), and
+  at the deadline as process 0 reads its clock, so that all save the same step; one process at
+  its own SIGTERM and clock."""
+  multi = jax.process_count() > 1
+  if manager.manager.reached_preemption(step) if multi else stop.received:
     return EXIT_SIGTERM
-  if deadline is not None and time.time() >= deadline:
-    return EXIT_RESUME
+  if deadline is not None:
+    late = time.time() >= deadline
+    if multi:
+      late = bool(multihost_utils.broadcast_one_to_all(np.asarray(late)))
+    if late:
+      return EXIT_RESUME
   return None
 
 

@@ -67,3 +67,25 @@ def test_one_loop_of_bounded_size_and_no_task_type_dispatch():
     src = open(path).read()
     for cls in ("ToyTask", "ImageTask"):
       assert f"isinstance(task, {cls})" not in src and f", {cls})" not in src, (m, cls)
+
+
+def _keys(cfg, prefix=""):
+  out = set()
+  for k, v in cfg.items():
+    if hasattr(v, "items") and k != "model":  # model: the chosen network's own options
+      out |= _keys(v, f"{prefix}{k}.")
+    else:
+      out.add(prefix + k)
+  return out
+
+
+def test_one_schema_for_every_config():
+  """configs/base.py owns every key: the toys and the image setups have the same keys (the
+  network's options aside), so an override valid on one is valid on all."""
+  from configs import base, bench64, images, toy_cond, toy_uncond
+
+  want = _keys(base.get_config())
+  for cfg in (toy_cond.get_config(), toy_uncond.get_config(), images.paper("i2sb_sr4_bicubic"),
+              images.paper("ddbm_e2h64", "tiny"), bench64.get_config("sr4_vp")):
+    assert _keys(cfg) == want, sorted(_keys(cfg) ^ want)
+  assert "teacher.optimizer.decay" in want and "sampler.eta" in want
