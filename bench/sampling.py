@@ -102,7 +102,7 @@ def time_point(compiled, params, host_inputs: list, key, label, args) -> dict:
   b = host_inputs[0].shape[0]
   med = statistics.median(e2e)
   return {"warmup_call_s": warm, "repeats": repeats, "end_to_end": common.summary(e2e),
-          "device_only": common.summary(dev), "s_per_call": med, "ms_per_sample": 1e3 * med / b,
+          "device_only": common.summary(dev), "s_per_call": med, "ms_per_image": 1e3 * med / b,
           "images_per_s": b / med, "device_s_per_call": statistics.median(dev),
           "finite": bool(out is not None and np.isfinite(out).all()),
           "out_shape": list(out.shape) if out is not None else None}
@@ -191,12 +191,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
       continue
     sp = "" if ref_s is None else f"{ref_s / r['s_per_call']:.3g}"
     rows.append(f"| teacher | {nfe} | {r['compile_s']:.1f} | {r['s_per_call']:.4g} | "
-                f"{r['device_s_per_call']:.4g} | {r['ms_per_sample']:.4g} | "
+                f"{r['device_s_per_call']:.4g} | {r['ms_per_image']:.4g} | "
                 f"{r['images_per_s']:.4g} | {sp} |")
   for steps, r in out["student"].items():
     sp = "" if r["speedup_vs_teacher_ref"] is None else f"{r['speedup_vs_teacher_ref']:.4g}"
     rows.append(f"| IBMD student | {steps} | {r['compile_s']:.1f} | {r['s_per_call']:.4g} | "
-                f"{r['device_s_per_call']:.4g} | {r['ms_per_sample']:.4g} | "
+                f"{r['device_s_per_call']:.4g} | {r['ms_per_image']:.4g} | "
                 f"{r['images_per_s']:.4g} | {sp} |")
   ref_txt = (f"reference: teacher at NFE {ref}, {ref_src}"
              + ("" if ref_s is None else f" ({ref_s:.4g} s per call of {args.batch})"))

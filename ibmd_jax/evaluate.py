@@ -42,19 +42,24 @@ def sampler_label(task: Task, eta: float) -> str:
   return f"DBIM η={eta:g}"
 
 
-def make_ibmd(config, task: Task, teacher=None) -> IBMD:
-  """The run's IBMD: the task's network as critic and generator, `teacher` (default: the network
-  or, with distill.teacher='exact', the task's closed form) as x̂0*."""
-  dc = config.distill
-  if dc.teacher not in ("exact", "network"):
-    raise ValueError(f"distill.teacher must be 'exact' or 'network', got {dc.teacher!r}")
-  if teacher is None and dc.teacher == "exact":
-    if task.exact is None:
-      raise ValueError("distill.teacher='exact' needs a task with a closed-form teacher (the "
-                       "toys); use 'network'")
-    teacher = task.exact
-  return IBMD.from_config(dc, bridge=task.bridge, teacher=teacher or task.net, net=task.net,
-                          data_channels=task.data_channels, eta=float(config.sampler.eta))
+def distilled_teacher(config, task: Task):
+  """x̂0* of the distillation: the task's network, or its closed form (distill.teacher='exact')."""
+  which = config.distill.teacher
+  if which not in ("exact", "network"):
+    raise ValueError(f"distill.teacher must be 'exact' or 'network', got {which!r}")
+  if which == "network":
+    return task.net
+  if task.exact is None:
+    raise ValueError("distill.teacher='exact' needs a task with a closed-form teacher (the "
+                     "toys); use 'network'")
+  return task.exact
+
+
+def make_ibmd(config, task: Task) -> IBMD:
+  """The run's IBMD: the task's network as critic and generator, distilled_teacher as x̂0*."""
+  return IBMD.from_config(config.distill, bridge=task.bridge, teacher=distilled_teacher(config, task),
+                          net=task.net, data_channels=task.data_channels,
+                          eta=float(config.sampler.eta))
 
 
 def _samplers(config, task: Task, teacher_params, gen_params, mesh, key) -> list:

@@ -101,10 +101,7 @@ def distill(config, workdir: str, task: Task, teacher_params, writer: Optional[M
   """IBMD from the config (ibmd_jax.api.distill with the task's data and networks); eval_fn(step,
   state) every eval_every rounds (api.distill)."""
   opts = api.DistillOptions.from_config(config)
-  teacher = task.exact if config.distill.teacher == "exact" else task.net
-  if config.distill.teacher == "exact" and task.exact is None:
-    raise ValueError("distill.teacher='exact' needs a task with a closed-form teacher (the "
-                     "toys); use 'network'")
+  teacher = evaluate_lib.distilled_teacher(config, task)
   data = task.train_data("distill", opts.batch_size, opts.critic_steps + 1)
   return api.distill(teacher=teacher, teacher_params=teacher_params, net=task.net,
                      init_params=teacher_params, bridge=task.bridge, batches=data,

@@ -151,7 +151,7 @@ def test_sampling_bench(tmp_path):
     assert r["status"] == "ok" and r["finite"] and r["out_shape"] == [2, 8, 8, 3]
     assert r["s_per_call"] > 0 and r["device_s_per_call"] > 0 and r["compile_s"] > 0
     assert r["images_per_s"] == pytest.approx(2 / r["s_per_call"])
-    assert r["ms_per_sample"] == pytest.approx(1e3 * r["s_per_call"] / 2)
+    assert r["ms_per_image"] == pytest.approx(1e3 * r["s_per_call"] / 2)
   t1, t3 = d["teacher"]["1"]["s_per_call"], d["teacher"]["3"]["s_per_call"]
   # Two points: the linear fit goes through both; NFE 1000 is extrapolated from them.
   assert d["reference"]["source"] == "extrapolated"

@@ -192,7 +192,7 @@ def test_fd_kid_swd_grow_with_degradation(kind, levels):
                                        kid_subsets=50, kid_subset_size=100)
     fd.append(out["fd"])
     kid.append(out["kid"])
-    swd.append(metrics.swd(ref, y, patches_per_sample=32, dirs_per_repeat=64))
+    swd.append(metrics.swd(ref, y, patches_per_image=32, dirs_per_repeat=64))
     if level == 0:  # same distribution: unbiased KID ~ 0 (within a subset std)
       assert abs(out["kid"]) < out["kid_std"]
   print(kind, "fd", np.round(fd, 4), "kid", np.round(kid, 5),
@@ -210,8 +210,8 @@ def test_fd_kid_swd_grow_with_degradation(kind, levels):
 def test_swd_deterministic():
   x = _crops(0, 4, size=32)
   y = _degrade(x, "noise", 0.2)
-  a = metrics.swd(x, y, patches_per_sample=16, dirs_per_repeat=32)
-  assert a == metrics.swd(x, y, patches_per_sample=16, dirs_per_repeat=32)
+  a = metrics.swd(x, y, patches_per_image=16, dirs_per_repeat=32)
+  assert a == metrics.swd(x, y, patches_per_image=16, dirs_per_repeat=32)
   assert set(a) == {"32px", "16px", "mean"}
   assert a["mean"] == pytest.approx((a["32px"] + a["16px"]) / 2)
 
