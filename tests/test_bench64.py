@@ -163,8 +163,8 @@ def test_cpu_inpainting_benchmark_restores_and_the_student_improves(tmp_path):
   training photographs, distilled for 20 rounds, scored on 32 crops of the held-out photographs.
   Measured (this configuration, JAX 0.10.2 CPU, constraints.txt): input PSNR 10.7 / SWD 0.338 /
   FD 13.4, teacher at 1 NFE 26.1 / 0.076 / 0.60, at 4 NFE 30.6 / 0.052 / 0.21, 1-step student
-  26.2 / 0.076 / 0.58. The same checks on the generator before any update (rounds = 0: it is the
-  teacher's one-step output) must fail."""
+  26.2 / 0.076 / 0.58. The generator before any update is the teacher's one-step output (no
+  noise input here), so it fails the FD check; the slow test below runs it to show that."""
   ev = runner.run(_cpu_inpainting(20), str(tmp_path / "run"))["eval"]
   inp, t1, t4, s1 = ev["input"], ev["teacher"]["1"], ev["teacher"]["4"], ev["student"]["1"]
   # The benchmark measures something: the teacher restores the hole (input: noise in it).
@@ -175,11 +175,14 @@ def test_cpu_inpainting_benchmark_restores_and_the_student_improves(tmp_path):
   assert _student_checks(ev) == [], (t1, s1)
   assert ev["reference"]["swd"] < t4["swd"]  # the floor is below what the samplers reach
   assert os.path.exists(tmp_path / "run" / "eval" / "grid_student1.png")
-  # A generator that is never updated fails the student checks.
-  frozen = _cpu_inpainting(0)
-  frozen.teacher.checkpoint = str(tmp_path / "run" / "teacher")
-  ev0 = runner.run(frozen, str(tmp_path / "frozen"))["eval"]
-  assert ev0["teacher"]["1"]["fd_pixel"] == pytest.approx(t1["fd_pixel"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_the_student_checks_fail_for_a_generator_that_is_never_updated(tmp_path):
+  """The same setup with rounds = 0: the evaluated generator is the initial one."""
+  ev0 = runner.run(_cpu_inpainting(0), str(tmp_path / "frozen"))["eval"]
+  assert ev0["student"]["1"]["fd_pixel"] == pytest.approx(ev0["teacher"]["1"]["fd_pixel"],
+                                                         rel=0.02)
   assert _student_checks(ev0) != [], ev0["student"]["1"]
 
 
