@@ -24,7 +24,6 @@ from typing import Any, Callable, Optional
 
 import grain
 import jax
-import ml_collections
 
 from ibmd_jax import sharding as shd
 from ibmd_jax import state as state_lib
@@ -87,11 +86,12 @@ def as_dataset(batches: Any) -> Any:
 
 def make_ibmd(teacher: Predictor, net: NetDenoiser, bridge: Bridge, opts: DistillOptions,
               data_channels: int) -> IBMD:
-  cfg = ml_collections.ConfigDict(dict(
-      z_channels=opts.z_channels, n_steps=opts.n_steps, multistep=opts.multistep,
-      intermediate=opts.intermediate))
-  return IBMD.from_config(cfg, bridge=bridge, teacher=teacher, net=net,
-                          data_channels=data_channels, eta=opts.eta)
+  """IBMD with `net` as critic and generator (they start as the teacher's network);
+  z_channels -1 means as many noise channels as the data has."""
+  return IBMD(bridge=bridge, teacher=teacher, critic=net, generator=net,
+              z_channels=data_channels if opts.z_channels < 0 else opts.z_channels,
+              n_steps=opts.n_steps, multistep=opts.multistep, intermediate=opts.intermediate,
+              eta=opts.eta)
 
 
 def plan_state(ib: IBMD, net: NetDenoiser, init_params: Any, example: dict, opts: DistillOptions,

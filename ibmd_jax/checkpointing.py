@@ -192,6 +192,14 @@ class RunCheckpointer:
                      metrics={self.best_metric: value}, force=True)
     return saved
 
+  def should_save(self, step: int) -> bool:
+    """Whether `step` is a periodic save step (and not saved yet)."""
+    return self.manager.should_save(step)
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether JAX's preemption sync point (several processes) asks to save and stop at step."""
+    return self.manager.reached_preemption(step)
+
   def best_step(self) -> Optional[int]:
     """The step of the kept best checkpoint (None without best_metric or before any save)."""
     if self.best is None:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from ibmd_jax import report
+from ibmd_jax import api, report
 from ibmd_jax import sharding as shd
 from ibmd_jax.ibmd import IBMD
 from ibmd_jax.samplers import sample
@@ -56,10 +56,10 @@ def distilled_teacher(config, task: Task):
 
 
 def make_ibmd(config, task: Task) -> IBMD:
-  """The run's IBMD: the task's network as critic and generator, distilled_teacher as x̂0*."""
-  return IBMD.from_config(config.distill, bridge=task.bridge, teacher=distilled_teacher(config, task),
-                          net=task.net, data_channels=task.data_channels,
-                          eta=float(config.sampler.eta))
+  """The run's IBMD: the task's network as critic and generator, distilled_teacher as x̂0*
+  (api.make_ibmd, as api.distill builds it)."""
+  return api.make_ibmd(distilled_teacher(config, task), task.net, task.bridge,
+                       api.DistillOptions.from_config(config), task.data_channels)
 
 
 def _samplers(config, task: Task, teacher_params, gen_params, mesh, key) -> list:
@@ -72,9 +72,6 @@ def _samplers(config, task: Task, teacher_params, gen_params, mesh, key) -> list
     return jax.device_put(tree, shd.state_shardings(mesh, tree))
 
   teachers = [str(t) for t in ec.teachers]
-  for t in teachers:
-    if t not in ("network", "exact"):
-      raise ValueError(f"eval.teachers entries must be 'network' or 'exact', got {t!r}")
   if "exact" in teachers and task.exact is not None:
     groups = [("exact_teacher", "exact teacher (closed form)", task.exact, float(config.sampler.eta),
                200_000)]
@@ -117,6 +114,9 @@ def check(config, task: Task) -> None:
                      f"{ec.teacher_nfes}")
   if ec.student_steps and min(int(n) for n in ec.student_steps) < 1:
     raise ValueError(f"eval.student_steps must be steps >= 1, got {ec.student_steps}")
+  for t in ec.teachers:
+    if t not in ("network", "exact"):
+      raise ValueError(f"eval.teachers entries must be 'network' or 'exact', got {t!r}")
   teacher_etas(config)
   task.check_eval(config)
 

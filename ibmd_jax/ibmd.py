@@ -62,16 +62,6 @@ class IBMD:
       return None
     return jax.random.normal(key, x.shape[:-1] + (self.z_channels,), x.dtype)
 
-  @classmethod
-  def from_config(cls, dc, *, bridge: Bridge, teacher: Predictor, net: Predictor,
-                  data_channels: int, eta: float = 1.0, n_steps: Optional[int] = None) -> "IBMD":
-    """From a `distill` config section: critic and generator are `net` (they start as the
-    teacher's network); z_channels -1 means as many noise channels as the data has."""
-    z = int(dc.z_channels)
-    return cls(bridge=bridge, teacher=teacher, critic=net, generator=net,
-               z_channels=data_channels if z < 0 else z, n_steps=int(n_steps or dc.n_steps),
-               multistep=str(dc.multistep), intermediate=str(dc.intermediate), eta=float(eta))
-
   # ------------------------------------------------------------------ generation
   def generate(self, gen_params, xT, key, label=None, mask=None, n_steps: Optional[int] = None):
     """Inference: N generator calls alternating with posterior samples; returns the last x̂0."""

@@ -111,13 +111,16 @@ def distill(config, workdir: str, task: Task, teacher_params, writer: Optional[M
                      profile_steps=int(config.profile.steps))
 
 
+def _plan_distill_state(config, task: Task, teacher_params, mesh):
+  return api.plan_state(evaluate_lib.make_ibmd(config, task), task.net, teacher_params,
+                        task.example(), api.DistillOptions.from_config(config), mesh)
+
+
 def init_distill_state(config, task: Task, teacher_params, mesh=None):
   """(IBMDState, gen_tx, critic_tx) as distillation starts: generator and critic are the teacher,
   the generator's noise weights zero (or N(0, distill.z_init_scale²)); built in its shardings."""
   mesh = shd.mesh_from_config(config) if mesh is None else mesh
-  ib = evaluate_lib.make_ibmd(config, task)
-  planned, gen_tx, critic_tx = api.plan_state(ib, task.net, teacher_params, task.example(),
-                                              api.DistillOptions.from_config(config), mesh)
+  planned, gen_tx, critic_tx = _plan_distill_state(config, task, teacher_params, mesh)
   return planned.build(), gen_tx, critic_tx
 
 
@@ -125,9 +128,7 @@ def saved_generator(config, workdir: str, task: Task, teacher_params, mesh):
   """The EMA generator of the newest distillation checkpoint in the workdir, or None."""
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return None
-  opts = api.DistillOptions.from_config(config)
-  ib = evaluate_lib.make_ibmd(config, task)
-  planned, _, _ = api.plan_state(ib, task.net, teacher_params, task.example(), opts, mesh)
+  planned, _, _ = _plan_distill_state(config, task, teacher_params, mesh)
   manager = ckpt.RunCheckpointer(os.path.join(workdir, "checkpoints"))
   try:
     _, restored, _ = manager.restore_latest(planned.abstract)

@@ -161,9 +161,9 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
       step = i + 1
       metrics.push(step, m)  # reads step - 1's metrics: step is in flight
       _profile(loop, step)
-      code = _stop_code(stop, loop.deadline, manager, step) if step < loop.total else None
+      code = _stop_code(stop, loop, manager, step) if step < loop.total else None
       at_end = step == loop.total and loop.save_at_end
-      if code is not None or at_end or manager.manager.should_save(step):
+      if code is not None or at_end or manager.should_save(step):
         metrics.flush()  # this step's flag is read before its state is saved
         manager.save(step, state, it, force=code is not None or at_end,
                      metrics=metrics.take_best())
@@ -183,17 +183,19 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
   return state
 
 
-def _stop_code(stop: StopSignal, deadline: Optional[float], manager: RunCheckpointer,
-               step: int) -> Optional[int]:
+def _stop_code(stop: StopSignal, loop: Loop, manager: RunCheckpointer, step: int) -> Optional[int]:
   """Several processes stop at the step JAX's preemption sync point agrees on (through Orbax), and
   at the deadline as process 0 reads its clock, so that all save the same step; one process at
-  its own SIGTERM and clock."""
+  its own SIGTERM and clock. Process 0's clock is broadcast only at logging steps: a collective at
+  every step would be a host sync per step."""
   multi = jax.process_count() > 1
-  if manager.manager.reached_preemption(step) if multi else stop.received:
+  if manager.reached_preemption(step) if multi else stop.received:
     return EXIT_SIGTERM
-  if deadline is not None:
-    late = time.time() >= deadline
+  if loop.deadline is not None:
+    late = time.time() >= loop.deadline
     if multi:
+      if step % loop.log_every:
+        return None
       late = bool(multihost_utils.broadcast_one_to_all(np.asarray(late)))
     if late:
       return EXIT_RESUME

@@ -50,10 +50,12 @@ def eval_set(gmm: toy.JointGMM, seed: int, num_conditions: int, samples_per_cond
 
 
 class _OneBatch:
-  """EvalData of a single global batch."""
+  """EvalData of a single global batch, with the true samples it is scored against (truth) and a
+  second true set (the noise floor)."""
 
-  def __init__(self, xT: np.ndarray):
+  def __init__(self, xT, truth, floor_set):
     self.xT = np.asarray(xT)
+    self.truth, self.floor_set = truth, floor_set
     self.n = self.batch_size = len(self.xT)
     self.num_batches = 1
 
@@ -68,9 +70,10 @@ class _OneBatch:
 class ToyScorer:
   """Energy distance (and mode coverage for conditional couplings) of each sampler's outputs."""
 
-  def __init__(self, task: "ToyTask", data: _OneBatch, truth, floor_set, conditional: bool):
+  def __init__(self, task: "ToyTask", data: _OneBatch, conditional: bool):
     self.task, self.cond = task, conditional
-    self.truth, self.floor_set = truth, floor_set
+    truth = self.truth = data.truth
+    self.floor_set = data.floor_set
     self.outputs: dict[str, np.ndarray] = {}
     self.columns = [("ed", "energy distance ↓", ".4f")]
     gmm = task.gmm
@@ -174,32 +177,26 @@ class ToyTask:
 
   def check_eval(self, config):
     ec = config.eval
-    for kind in ec.teachers:
-      if kind not in ("exact", "network"):
-        raise ValueError(f"eval.teachers entries must be 'exact' or 'network', got {kind!r}")
     if int(ec.num_conditions) < 1 or int(ec.samples_per_condition) < 2:
       raise ValueError("eval.num_conditions must be >= 1 and eval.samples_per_condition >= 2")
 
-  def _sets(self, config):
+  def eval_data(self, config, batch_size):
+    """The held-out set, drawn once (the energy distance needs every output at once: one batch)."""
+    del batch_size
     ec = config.eval
     n, c = int(ec.samples_per_condition), int(ec.num_conditions)
     if self.conditional:
       _, truth, truth2, xT_rep = eval_set(self.gmm, self.seed, c, n)
-      return xT_rep, truth, truth2
+      return _OneBatch(xT_rep, truth, truth2)
     key = jax.random.key(self.seed + 3)  # unconditional: outputs over p(xT) against p(x0)
     sample = jax.jit(self.gmm.sample, static_argnums=1)
     m = n * c // 4
     x0, xT_rep, _ = sample(jax.random.fold_in(key, 0), m)
-    return xT_rep, sample(jax.random.fold_in(key, 1), m)[0], x0
-
-  def eval_data(self, config, batch_size):
-    del batch_size  # one batch: the energy distance needs every output at once
-    return _OneBatch(self._sets(config)[0])
+    return _OneBatch(xT_rep, sample(jax.random.fold_in(key, 1), m)[0], x0)
 
   def scorer(self, config, eval_data, workdir, mesh):
-    del workdir, mesh
-    _, truth, floor_set = self._sets(config)
-    return ToyScorer(self, eval_data, truth, floor_set, self.conditional)
+    del config, workdir, mesh
+    return ToyScorer(self, eval_data, self.conditional)
 
   def preview(self, config, workdir, teacher_params):
     del config, workdir, teacher_params
