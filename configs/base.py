@@ -147,8 +147,15 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Keep the last `keep` checkpoints; with best_metric set (a round metric, e.g. 'objective_gap'),
   # also keep the best one (averaged over each interval) in <workdir>/checkpoints_best.
+  # start_over=True: when the checkpoints of this workdir do not fit the config or none restores,
+  # move them to checkpoints.replaced-<time> and start from step 0 (otherwise the run refuses).
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, best_metric="",
-                                                best_mode="min"))
+                                                best_mode="min", start_over=False))
+  # Divergence guard: stop (like a non-finite step) when a loss or gradient norm exceeds
+  # divergence_factor times its median over the last `window` steps; 0 = off.
+  c.guard = ml_collections.ConfigDict(dict(divergence_factor=1000.0, window=50))
+  # A workdir lock whose heartbeat is older than this (e.g. its host died) is taken over.
+  c.lock_stale_s = 300.0
   # Device mesh: data = -1 uses every device; fsdp > 1 splits parameters and optimizer states.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   # jax.profiler trace of distillation rounds (start, start + steps]; start = 0 is off.

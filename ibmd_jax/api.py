@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 import grain
 import jax
 
+from ibmd_jax import checkpointing as ckpt
 from ibmd_jax import sharding as shd
 from ibmd_jax import state as state_lib
 from ibmd_jax import steps
@@ -62,6 +63,9 @@ class DistillOptions:
   keep: int = 3
   best_metric: str = ""
   best_mode: str = "min"
+  start_over: bool = False  # checkpoints that do not fit or restore: move aside, start at 0
+  divergence_factor: float = 1000.0  # stop when a loss / grad norm exceeds this × its median
+  divergence_window: int = 50
 
   @classmethod
   def from_config(cls, config) -> "DistillOptions":
@@ -73,7 +77,15 @@ class DistillOptions:
                ema=float(dc.ema), eta=float(config.sampler.eta),
                gen_optimizer=dict(dc.gen_optimizer), critic_optimizer=dict(dc.critic_optimizer),
                seed=int(config.seed), log_every=int(config.log_every), checkpoint_every=int(cc.every),
-               keep=int(cc.keep), best_metric=str(cc.best_metric), best_mode=str(cc.best_mode))
+               keep=int(cc.keep), best_metric=str(cc.best_metric), best_mode=str(cc.best_mode),
+               start_over=bool(cc.start_over),
+               divergence_factor=float(config.guard.divergence_factor),
+               divergence_window=int(config.guard.window))
+
+
+def json_options(opts: DistillOptions) -> dict:
+  """The options as {'name': JSON value} (a checkpoint's fingerprint)."""
+  return ckpt.flat_config(dataclasses.asdict(opts))
 
 
 def as_dataset(batches: Any) -> Any:
@@ -114,11 +126,14 @@ def distill(*, teacher: Predictor, teacher_params: Any, net: NetDenoiser, init_p
             options: Optional[DistillOptions] = None, mesh=None,
             eval_fn: Optional[Callable[[int, Any], dict]] = None, eval_every: int = 0,
             writer: Optional[MetricWriter] = None, deadline: Optional[float] = None,
-            profile_start: int = 0, profile_steps: int = 5, **overrides) -> steps.IBMDState:
+            profile_start: int = 0, profile_steps: int = 5, fingerprint: Optional[dict] = None,
+            **overrides) -> steps.IBMDState:
   """Runs (or resumes) IBMD and returns the final IBMDState (see the module docstring).
 
   example: {'x': an input shaped [2, ...], optional 'label'} for parameter shapes (default: read
-  off the first batch). options / overrides: DistillOptions fields (overrides win).
+  off the first batch). options / overrides: DistillOptions fields (overrides win). fingerprint:
+  the settings kept in every checkpoint and named when a resume finds another state (default: the
+  options).
   """
   opts = dataclasses.replace(options or DistillOptions(), **overrides)
   mesh = shd.make_mesh() if mesh is None else mesh
@@ -148,7 +163,10 @@ def distill(*, teacher: Predictor, teacher_params: Any, net: NetDenoiser, init_p
               save_every=opts.checkpoint_every, keep=opts.keep, best_metric=opts.best_metric,
               best_mode=opts.best_mode, log_every=opts.log_every, deadline=deadline,
               profile_start=profile_start, profile_steps=profile_steps,
-              profile_dir=os.path.join(workdir, "profile"), hooks=hooks)
+              profile_dir=os.path.join(workdir, "profile"), hooks=hooks,
+              metric_modes=("eval",) if hooks else (),
+              fingerprint=fingerprint or json_options(opts), start_over=opts.start_over,
+              divergence_factor=opts.divergence_factor, divergence_window=opts.divergence_window)
   try:
     return run_loop(loop, writer)
   finally:

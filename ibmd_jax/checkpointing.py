@@ -11,18 +11,26 @@ one is used; nothing is ever deleted because a save or a restore failed.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import time
 from typing import Any, Optional
 
 import grain
 import grain.checkpoint
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
 from ibmd_jax.bridges import Bridge
+from ibmd_jax.errors import (CheckpointMismatch, DiskFullError, NoRestorableCheckpoint,
+                             NonFiniteError)
 from ibmd_jax.models import model_defaults, resolve_model_config
+from ibmd_jax.sharding import to_host
 
 TEACHER_META = "teacher.json"
 
@@ -87,7 +95,9 @@ def teacher_mismatch(meta: dict, config) -> Optional[str]:
   """Why a saved / converted teacher cannot serve a config, or None when it can.
 
   Compares the network architecture (every model option but COMPUTE_ONLY_MODEL_KEYS; lists and
-  tuples alike, absent options at their defaults), the input width (x, plus xT when the config is
+  tuples alike, absent options at their defaults), the bridge (schedule, OT-ODE, sigma,
+  preconditioning, time input: options that change them), the data setup (task, degradation or
+  coupling, size), the input width (x, plus xT when the config is
   conditional) and, for converted checkpoints, the time input its network was trained on against
   the one the config's bridge feeds.
   """
@@ -108,6 +118,10 @@ def teacher_mismatch(meta: dict, config) -> Optional[str]:
                     f"config {_plain(b) if b is not missing else '(absent)'}")
     if diff:
       return "its network differs from config.model (" + "; ".join(diff) + ")"
+  for why in (_bridge_difference(meta.get("bridge"), config.bridge),
+              _data_difference(meta.get("data"), config.data)):
+    if why:
+      return why
   conditional = bool(config.conditional)
   if "conditional" in meta and bool(meta["conditional"]) != conditional:
     return (f"it was trained with conditional={bool(meta['conditional'])} but the config has "
@@ -132,37 +146,194 @@ def teacher_mismatch(meta: dict, config) -> Optional[str]:
   return None
 
 
+# Bridge options that do not change what the teacher's network predicts.
+_TRAINING_ONLY_BRIDGE_KEYS = ("weighting", "t_start_offset")
+
+
+def _bridge_behaviour(bridge: Bridge) -> np.ndarray:
+  u = jnp.linspace(0.02, 0.98, 25)
+  lo = 0.0 if bridge.discrete else bridge.t_min
+  t = lo + u * (bridge.T - lo)
+  parts = [jnp.full_like(t, bridge.T), *bridge.coeffs(t), *bridge.precond_coeffs(t),
+           bridge.c_noise(t)]
+  return np.asarray(jnp.stack(parts))
+
+
+def _bridge_difference(saved, bridge_config) -> Optional[str]:
+  """Why a teacher trained on bridge `saved` (teacher.json) is not the config's bridge: the
+  differing options, when they change the bridge's schedule, preconditioning or time input."""
+  if not saved:
+    return None
+  known = {f for f in Bridge.__dataclass_fields__}
+  saved = {k: v for k, v in dict(saved).items() if k in known}
+  current = dict(bridge_config)
+  diff = [k for k in sorted(known) if k not in _TRAINING_ONLY_BRIDGE_KEYS
+          and k in saved and saved[k] != current.get(k)]
+  if not diff:
+    return None
+  a, b = Bridge.from_config(saved), Bridge.from_config(current)
+  behaviour_a, behaviour_b = _bridge_behaviour(a), _bridge_behaviour(b)
+  if behaviour_a.shape == behaviour_b.shape and np.allclose(behaviour_a, behaviour_b, rtol=1e-6,
+                                                              atol=1e-7):
+    return None  # options the bridge's kind does not use
+  return ("it was trained on another bridge (" + "; ".join(
+      f"bridge.{k}: teacher {saved[k]!r}, config {current.get(k)!r}" for k in diff) + ")")
+
+
+# The data setup a teacher was trained for: what its x0 / xT pairs are.
+_TOY_DATA_KEYS = ("kind", "coupling", "dim")
+_IMAGE_DATA_KEYS = ("kind", "degradation", "hole", "quality", "image_size", "channels",
+                    "tfds_name")
+_PAIRED_KINDS = ("ab_folder", "diode")  # pairs on disk: the degradation option is not used
+
+
+def _data_difference(saved, data_config) -> Optional[str]:
+  if not saved:
+    return None
+  saved, current = dict(saved), dict(data_config)
+  keys = _TOY_DATA_KEYS if current.get("kind") == "toy" else _IMAGE_DATA_KEYS
+  if current.get("kind") in _PAIRED_KINDS:
+    keys = tuple(k for k in keys if k not in ("degradation", "hole", "quality"))
+  diff = [k for k in keys if k in saved and _plain(saved[k]) != _plain(current.get(k))]
+  if not diff:
+    return None
+  return ("it was trained on other data (" + "; ".join(
+      f"data.{k}: teacher {saved[k]!r}, config {current.get(k)!r}" for k in diff) + ")")
+
+
 def _handlers() -> dict:
   return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
           "data": grain.checkpoint.CheckpointHandler()}
 
 
-class RunCheckpointer:
-  """CheckpointManager wrapper: periodic async saves, keep-last-K plus the best, resume with fallback.
+# ---------------------------------------------------------------- what a checkpoint vouches for
+def tree_signature(tree: Any) -> dict:
+  """{leaf path: [shape, dtype]} of a state (arrays or ShapeDtypeStructs)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(p, simple=True, separator="/"): [list(x.shape), str(x.dtype)]
+          for p, x in flat}
 
-  Each checkpoint holds the state, a JSON meta (the step) and, when a data iterator is given, its
-  position (grain's checkpoint handler). With ``best_metric`` set, a second manager in
-  ``<directory>_best`` keeps the single checkpoint with the best value of that metric
-  (``best_mode`` 'min' or 'max') among the periodic saves; the last-K rotation never deletes it.
+
+def _words(x: jax.Array) -> jax.Array:
+  """The leaf's raw bits as uint32 words (for an order-free checksum)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  size = jnp.dtype(x.dtype).itemsize
+  if size in (4, 8):
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  unsigned = {2: jnp.uint16, 1: jnp.uint8}[size]
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def _digest(state):
+  leaves = jax.tree.leaves(state)
+  sums = jnp.stack([jnp.sum(_words(x), dtype=jnp.uint32) for x in leaves])
+  finite = jnp.stack([jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact)
+                      else jnp.asarray(True) for x in leaves])
+  return sums, finite
+
+
+def state_digest(state: Any) -> tuple[list, list]:
+  """(per-leaf uint32 checksums of the raw bits, leaf paths that are not finite). The sums are
+  exact (integer, order-free), so a state restored on another mesh has the same checksum."""
+  sums, finite = (np.asarray(a) for a in to_host(_digest(state)))
+  flat, _ = jax.tree_util.tree_flatten_with_path(state)
+  bad = [jax.tree_util.keystr(p, simple=True, separator="/")
+         for (p, _), ok in zip(flat, finite) if not ok]
+  return [int(v) for v in sums], bad
+
+
+def flat_config(config) -> dict:
+  """A config (ConfigDict / dict) as {'a.b': JSON value}: the fingerprint kept in checkpoints."""
+  out = {}
+
+  def walk(node, prefix):
+    items = node.items() if hasattr(node, "items") else ()
+    for k, v in items:
+      if hasattr(v, "items"):
+        walk(v, f"{prefix}{k}.")
+      else:
+        out[f"{prefix}{k}"] = _plain(v)
+  walk(config.to_dict() if hasattr(config, "to_dict") else dict(config), "")
+  return json.loads(json.dumps(out, default=str))
+
+
+def _differences(saved: dict, current: dict, limit: int = 10) -> list[str]:
+  out = []
+  for k in sorted(set(saved) | set(current)):
+    a, b = saved.get(k, "(absent)"), current.get(k, "(absent)")
+    if a != b:
+      out.append(f"{k}: {a} -> {b}")
+  return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_DISK_TEXTS = ("No space left", "Disk quota exceeded", "File too large")
+
+
+def _is_disk_error(e: BaseException) -> bool:
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+      return True
+    if any(t in str(e) for t in _DISK_TEXTS):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def _nbytes(state) -> int:
+  """Bytes this process writes for a state (its share of every global array)."""
+  return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(state)) // max(jax.process_count(), 1)
+
+
+class RunCheckpointer:
+  """CheckpointManager wrapper: periodic async saves, keep-last-K plus the best, careful resume.
+
+  Each checkpoint holds the state, a JSON meta and, when a data iterator is given, its position
+  (grain's checkpoint handler). The meta keeps the step, the state's tree signature (leaf paths,
+  shapes, dtypes), a checksum of every leaf's bits and the run's config (`fingerprint`). Only
+  finite states are saved. On resume a checkpoint whose tree differs from the config's state stops
+  the run (CheckpointMismatch, naming leaves and config keys); a corrupt one (unreadable, checksum
+  differs, non-finite) is skipped with a warning for the previous one; when checkpoints exist and
+  none restores the run stops (NoRestorableCheckpoint). `archive()` moves them aside (start over).
+
+  With ``best_metric`` set, a second manager in ``<directory>_best`` keeps the single checkpoint
+  with the best value of that metric (``best_mode`` 'min' or 'max') among the periodic saves.
   """
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, save_every: int = 1000,
-               async_save: bool = True, best_metric: str = "", best_mode: str = "min"):
+               async_save: bool = True, best_metric: str = "", best_mode: str = "min",
+               fingerprint: Optional[dict] = None):
+    if max_to_keep < 1:
+      raise ValueError(f"checkpoint.keep must be >= 1, got {max_to_keep}")
+    if best_metric and best_mode not in ("min", "max"):
+      raise ValueError(f"checkpoint.best_mode must be 'min' or 'max', got {best_mode!r}")
     self.directory = os.path.abspath(directory)
+    self.save_every = save_every
+    self.best_metric, self.best_mode = best_metric, best_mode
+    self.fingerprint = fingerprint or {}
+    self.async_save, self.max_to_keep = async_save, max_to_keep
+    self._open()
+
+  def _open(self):
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, save_interval_steps=save_every, create=True,
-        enable_async_checkpointing=async_save)
+        max_to_keep=self.max_to_keep, save_interval_steps=self.save_every, create=True,
+        enable_async_checkpointing=self.async_save, cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_handlers())
-    self.save_every = save_every
-    self.best_metric = best_metric
     self.best = None
-    if best_metric:
-      if best_mode not in ("min", "max"):
-        raise ValueError(f"checkpoint.best_mode must be 'min' or 'max', got {best_mode!r}")
+    if self.best_metric:
+      metric = self.best_metric
       best_options = ocp.CheckpointManagerOptions(
-          max_to_keep=1, create=True, best_fn=lambda m: float(m[best_metric]), best_mode=best_mode,
-          keep_checkpoints_without_metrics=False, enable_async_checkpointing=async_save)
+          max_to_keep=1, create=True, best_fn=lambda m: float(m[metric]), best_mode=self.best_mode,
+          keep_checkpoints_without_metrics=False, enable_async_checkpointing=self.async_save,
+          cleanup_tmp_directories=True)
       self.best = ocp.CheckpointManager(self.directory + "_best", options=best_options,
                                         item_handlers=_handlers())
 
@@ -178,19 +349,61 @@ class RunCheckpointer:
     """Saves at save_every multiples (or when forced); metrics feed the keep-best manager.
 
     data: the training data iterator (a grain DatasetIterator), whose position is saved beside the
-    state, or None."""
+    state, or None. Raises NonFiniteError (nothing saved) for a state with a non-finite leaf and
+    DiskFullError (the previous checkpoints intact, no temporary directory left) when it does not
+    fit on its disk."""
     if step == self.manager.latest_step():  # already saved (periodic save at the last step)
       return False
     if not force and not self.manager.should_save(step):
       return False
-    meta = {"step": int(step)}
-    saved = self.manager.save(step, args=self._args(state, meta, data), force=force)
-    if saved and self.best is not None and metrics and self.best_metric in metrics:
-      value = float(metrics[self.best_metric])
-      self.best.save(step, args=self._args(state, {**meta, "metrics": {self.best_metric: value}},
-                                           data),
-                     metrics={self.best_metric: value}, force=True)
+    sums, bad = state_digest(state)
+    if bad:
+      raise NonFiniteError(
+          f"the state of step {step} has non-finite values in {len(bad)} leaves ("
+          f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); it was not saved and the "
+          f"checkpoints in {self.directory} are kept. Lower the learning rate or enable gradient "
+          "clipping (optimizer.grad_clip)")
+    self._check_space(step, state)
+    meta = {"step": int(step), "tree": tree_signature(state), "checksum": sums,
+            "config": self.fingerprint}
+    try:
+      saved = self.manager.save(step, args=self._args(state, meta, data), force=force)
+      if saved and self.best is not None and metrics and self.best_metric in metrics:
+        value = float(metrics[self.best_metric])
+        self.best.save(step, args=self._args(
+            state, {**meta, "metrics": {self.best_metric: value}}, data),
+                       metrics={self.best_metric: value}, force=True)
+    except Exception as e:  # noqa: BLE001 - disk errors become one line; others propagate
+      self._raise_if_disk(e, step, state)
+      raise
     return saved
+
+  def _check_space(self, step: int, state: Any):
+    need = _nbytes(state)
+    free = shutil.disk_usage(self.directory).free
+    if free < need + (16 << 20):
+      raise DiskFullError(
+          f"no space for the checkpoint of step {step} in {self.directory}: it needs about "
+          f"{(need >> 20) + 16} MiB, {free >> 20} MiB are free. Free some space (or move the "
+          f"workdir) and run the same command again; the checkpoints saved so far "
+          f"({self.all_steps()}) are intact")
+
+  def _raise_if_disk(self, e: BaseException, step: int, state: Any):
+    if not _is_disk_error(e):
+      return
+    self._remove_tmp()
+    raise DiskFullError(
+        f"the checkpoint of step {step} did not fit in {self.directory} (it needs about "
+        f"{(_nbytes(state) >> 20) + 1} MiB: {str(e).splitlines()[0][:120] if str(e) else e}). "
+        "Free some space and run the same command again; the checkpoints saved before "
+        f"({self.all_steps(reload=False)}) are intact and the partial one was removed") from None
+
+  def _remove_tmp(self):
+    for root in (self.directory, self.directory + "_best"):
+      if os.path.isdir(root):
+        for name in os.listdir(root):
+          if "tmp" in name and not name.isdigit():
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
   def should_save(self, step: int) -> bool:
     """Whether `step` is a periodic save step (and not saved yet)."""
@@ -207,49 +420,130 @@ class RunCheckpointer:
     self.best.wait_until_finished()
     return self.best.best_step()
 
+  def all_steps(self, reload: bool = True) -> list[int]:
+    if reload:
+      self.manager.reload()
+    return sorted(self.manager.all_steps())
+
   def latest_step(self) -> Optional[int]:
     self.manager.reload()
     return self.manager.latest_step()
 
-  def restore_latest(self, abstract_state: Any, data: Any = None
+  def _read_meta(self, step: int) -> dict:
+    out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(out["meta"] or {})
+
+  def restore_latest(self, abstract_state: Any, data: Any = None, before: Optional[int] = None
                      ) -> tuple[Optional[int], Any, Optional[dict]]:
-    """(step, state, meta) of the newest checkpoint that restores, else (None, None, None).
+    """(step, state, meta) of the newest good checkpoint (below `before` if given), or
+    (None, None, None) when there is none at all.
 
     abstract_state: ShapeDtypeStructs with shardings (the state is restored into them). data: the
-    data iterator, set to the saved position in place. Checkpoints written before the data
-    position became an Orbax item (it was JSON in meta['data']) are read too."""
-    self.manager.reload()
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    data iterator, set to the saved position in place. Raises CheckpointMismatch when a checkpoint
+    was written for another state tree, NoRestorableCheckpoint when checkpoints exist and none
+    restores. Checkpoints written before the data position became an Orbax item (it was JSON in
+    meta['data']) and without a tree / checksum in their meta are read too."""
+    steps = [s for s in self.all_steps()[::-1] if before is None or s < before]
+    want = tree_signature(abstract_state)
+    failures = []
+    for step in steps:
+      try:
+        meta = self._read_meta(step)
+      except Exception as e:  # noqa: BLE001 - unreadable: try the previous one
+        failures.append(self._skip(step, "its meta is unreadable", e))
+        continue
+      if "tree" in meta and meta["tree"] != want:
+        raise CheckpointMismatch(self._mismatch(step, meta, want))
       try:
         items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
         if data is not None and has_data and hasattr(data, "set_state"):
           items["data"] = grain.checkpoint.CheckpointRestore(data)
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        meta = dict(out["meta"] or {})
-        if data is not None and not has_data and meta.get("data") and hasattr(data, "set_state"):
-          _set_legacy_data_state(data, meta["data"])
-        return step, out["state"], meta
       except Exception as e:  # noqa: BLE001 - a broken checkpoint must not stop a resume
-        logging.warning("checkpoint at step %d in %s could not be restored (%s: %s); "
-                        "falling back to the previous one", step, self.directory,
-                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+        failures.append(self._skip(step, "it does not restore", e))
+        continue
+      sums, bad = state_digest(out["state"])
+      if bad:
+        failures.append(self._skip(step, f"non-finite values in {', '.join(bad[:3])}"))
+        continue
+      if "checksum" in meta and meta["checksum"] != sums:
+        paths = [p for p, a, b in zip(want, meta["checksum"], sums) if a != b]
+        failures.append(self._skip(step, f"its data differ from what was saved (checksum of "
+                                         f"{', '.join(paths[:3])})"))
+        continue
+      if data is not None and not has_data and meta.get("data") and hasattr(data, "set_state"):
+        _set_legacy_data_state(data, meta["data"])
+      return step, out["state"], meta
+    if failures:
+      raise NoRestorableCheckpoint(
+          f"none of the checkpoints in {self.directory} restores ({'; '.join(failures)}); they "
+          "are kept. Remove the broken ones, or pass --config.checkpoint.start_over=True to move "
+          "them aside and start from step 0")
     return None, None, None
 
-  def wait(self):
+  def _skip(self, step: int, why: str, e: Optional[BaseException] = None) -> str:
+    detail = ""
+    if e is not None:
+      detail = f" ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+    logging.warning("checkpoint at step %d in %s: %s%s; falling back to the previous one", step,
+                    self.directory, why, detail)
+    print(f"warning: checkpoint {step} in {self.directory} skipped: {why}", flush=True)
+    return f"step {step}: {why}"
+
+  def _mismatch(self, step: int, meta: dict, want: dict) -> str:
+    saved = meta["tree"]
+    leaves = [f"{k} (not in this config's state)" for k in saved if k not in want]
+    leaves += [f"{k} (not in the checkpoint)" for k in want if k not in saved]
+    leaves += [f"{k}: {saved[k][0]} {saved[k][1]} -> {want[k][0]} {want[k][1]}"
+               for k in want if k in saved and saved[k] != want[k]]
+    keys = _differences(meta.get("config") or {}, self.fingerprint) if meta.get("config") else []
+    return (f"the checkpoint at step {step} in {self.directory} holds another state than this "
+            f"config builds: {len(leaves)} leaves differ ({'; '.join(leaves[:6])}"
+            f"{'; ...' if len(leaves) > 6 else ''})"
+            + (f"; config keys changed since it was written: {'; '.join(keys)}" if keys else "")
+            + ". Restore those config values to continue that run, use another workdir, or pass "
+            "--config.checkpoint.start_over=True to move its checkpoints aside and start over")
+
+  def set_aside(self, step: int) -> str:
+    """Renames checkpoint `step` to suspect-<step>-<time> (kept, no longer resumed from)."""
     self.manager.wait_until_finished()
-    if self.best is not None:
-      self.best.wait_until_finished()
+    dest = os.path.join(self.directory, f"suspect-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.rename(os.path.join(self.directory, str(step)), dest)
+    self.manager.reload()
+    return dest
+
+  def archive(self) -> str:
+    """Moves the checkpoints (and the best one) to <directory>.replaced-<time>; returns it."""
+    self.close()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = f"{self.directory}.replaced-{stamp}"
+    os.rename(self.directory, dest)
+    if os.path.isdir(self.directory + "_best"):
+      os.rename(self.directory + "_best", f"{self.directory}_best.replaced-{stamp}")
+    self._open()
+    return dest
+
+  def wait(self):
+    try:
+      self.manager.wait_until_finished()
+      if self.best is not None:
+        self.best.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      self._raise_if_disk(e, self.manager.latest_step() or 0, {})
+      raise
 
   def close(self):
-    if self.manager is not None:
-      self.manager.wait_until_finished()
+    if self.manager is None:
+      return
+    try:
+      self.wait()
+    finally:
       self.manager.close()
       self.manager = None
-    if self.best is not None:
-      self.best.wait_until_finished()
-      self.best.close()
-      self.best = None
+      if self.best is not None:
+        self.best.close()
+        self.best = None
 
 
 def _set_legacy_data_state(iterator, saved: dict) -> None:

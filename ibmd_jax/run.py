@@ -18,19 +18,20 @@ from typing import Any, Optional
 import jax
 from absl import logging
 
-from ibmd_jax import api
+from ibmd_jax import api, checks
 from ibmd_jax import checkpointing as ckpt
 from ibmd_jax import evaluate as evaluate_lib
 from ibmd_jax import sharding as shd
 from ibmd_jax import state as state_lib
 from ibmd_jax import steps
+from ibmd_jax.errors import ConfigError, TeacherMismatch
 from ibmd_jax.models import resolve_model_config
 from ibmd_jax.optim import make_optimizer
 from ibmd_jax.tasks import Task, make_task
 from ibmd_jax.train import Loop, make_deadline, run_loop
 from ibmd_jax.writer import MetricWriter
 
-MODES = ("teacher", "distill", "eval", "pipeline")
+MODES = checks.MODES
 
 
 def save_config(config, workdir: str):
@@ -43,7 +44,7 @@ def save_config(config, workdir: str):
 def teacher_meta(config, task: Task) -> dict:
   return {"model": resolve_model_config(config.model, task.bridge), "bridge": dict(config.bridge),
           "conditional": bool(config.conditional), "data": dict(config.data),
-          "source": "ibmd_jax teacher mode"}
+          "trained_steps": int(config.teacher.steps), "source": "ibmd_jax teacher mode"}
 
 
 def teacher_abstract(task: Task, mesh) -> Any:
@@ -69,7 +70,10 @@ def train_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, 
       out_shardings=(planned.shardings, shd.replicated(mesh)), donate_argnums=0)
   loop = Loop(name="teacher", step_fn=step_fn, state=planned,
               data=task.train_data("teacher", bs), total=int(tc.steps),
-              total_name="teacher.steps", save_at_end=False,
+              total_name="teacher.steps", fingerprint=ckpt.flat_config(config),
+              start_over=bool(config.checkpoint.start_over),
+              divergence_factor=float(config.guard.divergence_factor),
+              divergence_window=int(config.guard.window),
               directory=os.path.join(workdir, "teacher_checkpoints"), mesh=mesh,
               key=jax.random.fold_in(key, 1), batch_size=1, rate_name="steps_per_s",
               save_every=int(tc.save_every), keep=int(config.checkpoint.keep),
@@ -82,12 +86,29 @@ def train_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, 
 def get_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, train: bool,
                 deadline=None):
   """The teacher's network parameters (sharded): teacher.checkpoint, <workdir>/teacher, or
-  training one."""
+  training one. A saved teacher must fit the config (network, bridge, data setup) and have been
+  trained; in the training modes, one trained for fewer than teacher.steps is trained on."""
   path = config.teacher.checkpoint or os.path.join(workdir, "teacher")
   if config.teacher.source == "checkpoint" or os.path.exists(os.path.join(path, ckpt.TEACHER_META)):
-    why = ckpt.teacher_mismatch(ckpt.read_teacher_meta(path), config)
+    meta = ckpt.read_teacher_meta(path)
+    why = ckpt.teacher_mismatch(meta, config)
     if why:
-      raise ValueError(f"the teacher in {path} does not fit this config: {why}; make them agree")
+      raise TeacherMismatch(f"the teacher in {path} does not fit this config: {why}. Use a "
+                            "teacher trained for this setup or make the config agree")
+    trained = meta.get("trained_steps")
+    if trained is not None and int(trained) < 1:
+      raise TeacherMismatch(f"the teacher in {path} was trained for {trained} steps: train it "
+                            "(--config.mode=teacher with teacher.steps >= 1)")
+    steps_wanted = int(config.teacher.steps)
+    if (train and config.teacher.source == "train" and not config.teacher.checkpoint
+        and trained is not None and int(trained) != steps_wanted):
+      if int(trained) > steps_wanted:
+        raise ConfigError(f"the teacher in {path} was trained for {trained} steps but "
+                          f"--config.teacher.steps={steps_wanted}: pass teacher.steps={trained} "
+                          "to use it (or more to train it on), or use another workdir")
+      print(f"[teacher] {path} was trained for {trained} steps; teacher.steps={steps_wanted}: "
+            "training on", flush=True)
+      return train_teacher(config, workdir, task, writer, mesh, deadline)
     params, _ = ckpt.load_teacher(path, teacher_abstract(task, mesh))
     logging.info("loaded teacher from %s", path)
     return params
@@ -108,7 +129,7 @@ def distill(config, workdir: str, task: Task, teacher_params, writer: Optional[M
                      workdir=workdir, example=task.example(), options=opts, mesh=mesh,
                      writer=writer, deadline=deadline, eval_fn=eval_fn, eval_every=eval_every,
                      profile_start=int(config.profile.start),
-                     profile_steps=int(config.profile.steps))
+                     profile_steps=int(config.profile.steps), fingerprint=ckpt.flat_config(config))
 
 
 def _plan_distill_state(config, task: Task, teacher_params, mesh):
@@ -140,11 +161,15 @@ def saved_generator(config, workdir: str, task: Task, teacher_params, mesh):
 def run(config, workdir: str) -> dict:
   """Runs config.mode in workdir; returns {'teacher', 'state', 'eval', 'grid'} as they apply."""
   deadline = make_deadline(config.stop_after_s)
-  if config.mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}, got {config.mode!r}")
-  save_config(config, workdir)
-  writer = MetricWriter(workdir)
+  checks.check_config(config)
+  workdir = checks.check_workdir(workdir)
+  lock = checks.WorkdirLock(workdir, float(config.lock_stale_s))
+  if jax.process_index() == 0:  # one run per workdir; the processes of one run share it
+    lock.acquire()
+  writer = None
   try:
+    save_config(config, workdir)
+    writer = MetricWriter(workdir)
     task = make_task(config)
     mesh = shd.mesh_from_config(config)
     if config.mode in ("eval", "pipeline"):  # bad eval settings fail now, not after training
@@ -163,4 +188,6 @@ def run(config, workdir: str) -> dict:
       out["eval"] = evaluate_lib.evaluate(config, workdir, task, teacher, gen, writer, mesh)
     return out
   finally:
-    writer.close()
+    if writer is not None:
+      writer.close()
+    lock.release()

@@ -2,19 +2,26 @@
 
 `run_loop(Loop(...), writer)` runs a jitted step over a grain data stream with everything a long
 run needs written once:
-- resume: the newest checkpoint that restores (state + data position) is the starting point;
+- resume: the newest good checkpoint (state + data position) is the starting point; one written
+  for another state tree stops the run (unless `start_over`, which moves them aside); a corrupt one
+  is skipped for the previous; when the first step after a resume is not finite, its checkpoint is
+  set aside and the run falls back once to the previous one; metrics logged after the restored step
+  by the interrupted run are superseded, so metrics.jsonl reads like one run;
 - checkpoints every `save_every` steps, at the end, on preemption (SIGTERM; on several hosts at
   the step of JAX's preemption sync point, through Orbax; exit 143) and after `stop_after_s`
   (exit 75: run the same command again to continue);
 - no host sync per step: step t's metrics are read after step t + 1 has been dispatched (and at
   a save, before it), logged every `log_every` steps;
 - the non-finite guard: every step computes a `finite` flag on the device; the run stops at the
-  first non-finite step, naming it, before anything non-finite is saved;
+  first non-finite step, naming it, before anything non-finite is saved (and every save checks the
+  whole state); the divergence guard stops it the same way when a loss or gradient norm exceeds
+  `divergence_factor` times its running median;
 - a jax.profiler trace of steps (profile_start, profile_start + profile_steps];
 - hooks(step, state) after chosen steps (e.g. an evaluation callback).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import signal
 import time
@@ -27,11 +34,16 @@ from jax.sharding import Mesh
 
 from ibmd_jax import sharding as shd
 from ibmd_jax.checkpointing import RunCheckpointer
+from ibmd_jax.errors import CheckpointMismatch, ConfigError, NoRestorableCheckpoint, NonFiniteError
 from ibmd_jax.state import Planned
 from ibmd_jax.writer import MetricWriter
 
 EXIT_SIGTERM = 143  # preempted (SIGTERM): the state is saved, run the same command again
 EXIT_RESUME = 75  # stop_after_s reached (EX_TEMPFAIL): the state is saved, run it again
+# Watched by the divergence guard: bridge-matching losses and gradient norms (not the generator's
+# IBMD loss, a difference that crosses zero, nor its gradient norm, which starts at 0).
+DIVERGENCE_METRICS = ("loss", "grad_norm", "critic_loss", "critic_grad_norm")
+DIVERGENCE_MIN_STEPS = 10
 
 
 @dataclasses.dataclass
@@ -47,7 +59,7 @@ class Loop:
   mesh: Mesh
   key: jax.Array  # step i uses fold_in(key, i)
   total_name: str = "steps"  # the config key of `total`, for messages
-  save_at_end: bool = True  # save the final state (teacher training keeps only its result)
+  save_at_end: bool = True  # save the final state (a longer run later continues from it)
   extra: tuple = ()  # constant arguments before the batch (the teacher's parameters)
   batch_axis: int = 0  # the batch dimension of the data's arrays (1 for stacked round batches)
   batch_size: int = 1  # global examples per step (throughput)
@@ -62,6 +74,11 @@ class Loop:
   profile_steps: int = 5
   profile_dir: str = ""
   hooks: Sequence[tuple[int, Callable[[int, Any], None]]] = ()  # (every, fn(step, state))
+  metric_modes: tuple = ()  # other metrics.jsonl modes logged at this loop's steps (by hooks)
+  fingerprint: Optional[dict] = None  # the run's config, kept in every checkpoint
+  start_over: bool = False  # checkpoints that do not fit or restore: move aside, start at 0
+  divergence_factor: float = 0.0  # > 1: stop when a watched metric exceeds this × its median
+  divergence_window: int = 50
 
 
 class StopSignal:
@@ -91,6 +108,8 @@ class _Metrics:
     self.pending: Optional[tuple[int, dict]] = None
     self.t0, self.done0 = time.time(), start
     self.best_sum, self.best_n = 0.0, 0
+    self.history = collections.defaultdict(
+        lambda: collections.deque(maxlen=max(int(loop.divergence_window), 3)))
 
   def push(self, step: int, metrics: dict):
     self.flush()
@@ -105,10 +124,11 @@ class _Metrics:
     loop = self.loop
     if m.pop("finite", 1.0) != 1.0:
       bad = sorted(k for k, v in m.items() if not np.isfinite(v))
-      raise FloatingPointError(
+      raise NonFiniteError(
           f"[{loop.name}] step {step} is not finite ({', '.join(bad) or 'the updated parameters'}"
           f"); nothing from this step was saved. Lower the learning rate or enable gradient "
           "clipping (optimizer.grad_clip)")
+    self._diverging(step, m)
     if loop.best_metric:
       if loop.best_metric not in m:
         raise ValueError(f"checkpoint.best_metric={loop.best_metric!r} is not a {loop.name} "
@@ -119,6 +139,24 @@ class _Metrics:
       rate = (step - self.done0) / elapsed
       m.update({loop.rate_name: rate * loop.batch_size, "eta_s": (loop.total - step) / rate})
       self.writer.write(loop.name, step, m)
+
+  def _diverging(self, step: int, m: dict):
+    factor = float(self.loop.divergence_factor)
+    if factor <= 0:
+      return
+    for k in DIVERGENCE_METRICS:
+      if k not in m:
+        continue
+      hist, v = self.history[k], abs(m[k])
+      if len(hist) >= DIVERGENCE_MIN_STEPS:
+        med = float(np.median(hist))
+        if med > 0 and v > factor * med:
+          raise NonFiniteError(
+              f"[{self.loop.name}] step {step} diverges: {k}={v:.3g} is {v / med:.3g} times its "
+              f"median over the previous {len(hist)} steps (guard.divergence_factor={factor:g}); "
+              "nothing from this step was saved. Lower the learning rate or enable gradient "
+              "clipping (optimizer.grad_clip); guard.divergence_factor=0 turns the guard off")
+      hist.append(v)
 
   def take_best(self) -> Optional[dict]:
     if not self.best_n:
@@ -141,25 +179,34 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
   """Runs (or resumes) the loop to loop.total and returns the final state (see module doc)."""
   manager = RunCheckpointer(loop.directory, max_to_keep=loop.keep,
                             save_every=loop.save_every if loop.save_every > 0 else 2**62,
-                            best_metric=loop.best_metric, best_mode=loop.best_mode)
+                            best_metric=loop.best_metric, best_mode=loop.best_mode,
+                            fingerprint=loop.fingerprint)
   it = iter(loop.data)
   stop = StopSignal()
   try:
-    start, state, _ = manager.restore_latest(loop.state.abstract, it)
-    if state is None:
-      start, state = 0, loop.state.build()
-    elif start > loop.total:
-      raise ValueError(f"{manager.directory} holds step {start} but {loop.total_name}="
-                       f"{loop.total}: raise {loop.total_name} or use a new workdir")
-    else:
-      print(f"[{loop.name}] resumed from step {start}", flush=True)
+    start, state = _resume(loop, manager, it)
+    check_first = start > 0  # a resumed state's first step is checked before going on
+    if writer is not None:
+      writer.supersede((loop.name,) + tuple(loop.metric_modes), start)
     metrics = _Metrics(loop, writer, start)
-    for i in range(start, loop.total):
+    i = start
+    while i < loop.total:
       local = next(it)
       batch = {k: shd.global_batch(loop.mesh, v, loop.batch_axis) for k, v in local.items()}
       state, m = loop.step_fn(state, *loop.extra, batch, jax.random.fold_in(loop.key, i))
       step = i + 1
       metrics.push(step, m)  # reads step - 1's metrics: step is in flight
+      if check_first:
+        check_first = False
+        try:
+          metrics.flush()
+        except NonFiniteError as e:
+          start, state = _fall_back(loop, manager, it, start, e)
+          if writer is not None:
+            writer.supersede((loop.name,) + tuple(loop.metric_modes), start)
+          metrics, i = _Metrics(loop, writer, start), start
+          continue
+      i = step
       _profile(loop, step)
       code = _stop_code(stop, loop, manager, step) if step < loop.total else None
       at_end = step == loop.total and loop.save_at_end
@@ -181,6 +228,41 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
     stop.restore()
     manager.close()
   return state
+
+
+def _resume(loop: Loop, manager: RunCheckpointer, it) -> tuple[int, Any]:
+  """(step, state) to start from: the newest good checkpoint, or step 0 and a new state."""
+  try:
+    start, state, _ = manager.restore_latest(loop.state.abstract, it)
+  except (CheckpointMismatch, NoRestorableCheckpoint):
+    if not loop.start_over:
+      raise
+    dest = manager.archive()
+    print(f"[{loop.name}] checkpoint.start_over: the checkpoints that do not fit were moved to "
+          f"{dest}; starting from step 0", flush=True)
+    start, state = None, None
+  if state is None:
+    return 0, loop.state.build()
+  if start > loop.total:
+    raise ConfigError(f"{manager.directory} holds step {start} but --config.{loop.total_name}="
+                      f"{loop.total}: pass {loop.total_name} >= {start} to continue that run, or "
+                      "use another workdir")
+  print(f"[{loop.name}] resumed from step {start}", flush=True)
+  return start, state
+
+
+def _fall_back(loop: Loop, manager: RunCheckpointer, it, start: int, error: Exception):
+  """The first step after resuming from `start` was not finite: set that checkpoint aside and
+  resume from the one before (once)."""
+  step, state, _ = manager.restore_latest(loop.state.abstract, it, before=start)
+  if state is None:
+    raise NonFiniteError(f"{error} It is the first step after resuming from the checkpoint at "
+                         f"step {start}, and there is no earlier one to fall back to") from None
+  aside = manager.set_aside(start)
+  print(f"warning: [{loop.name}] the first step after resuming from step {start} is not finite "
+        f"({error}); that checkpoint is suspect and was moved to {aside}; falling back to step "
+        f"{step}", flush=True)
+  return step, state
 
 
 def _stop_code(stop: StopSignal, loop: Loop, manager: RunCheckpointer, step: int) -> Optional[int]:

@@ -37,6 +37,32 @@ class MetricWriter:
       self.tb.close()
       self.tb = None
 
+  def supersede(self, modes, after_step: int) -> int:
+    """Drops the rows of `modes` logged after `after_step` (by a run that was interrupted and is
+    now resumed from after_step) from metrics.jsonl, so that it reads like one uninterrupted run;
+    they are appended to metrics.superseded.jsonl. Returns how many rows moved."""
+    if not self.active or not os.path.exists(self.path):
+      return 0
+    keep, moved = [], []
+    with open(self.path) as f:
+      for line in f:
+        try:
+          row = json.loads(line)
+        except ValueError:  # a line cut by a kill: superseded too
+          moved.append(line if line.endswith("\n") else line + "\n")
+          continue
+        (moved if row.get("mode") in modes and row.get("step", 0) > after_step else keep).append(
+            line)
+    if not moved:
+      return 0
+    with open(self.path[:-len(".jsonl")] + ".superseded.jsonl", "a") as f:
+      f.writelines(moved)
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+    os.replace(tmp, self.path)
+    return len(moved)
+
   def write(self, mode: str, step: int, metrics: dict, echo: bool = True):
     row = {"mode": mode, "step": int(step)}
     row.update({k: float(np.asarray(v)) for k, v in metrics.items()})

@@ -25,8 +25,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # imported after flag parsing so that --help is fast
 
-  from ibmd_jax import compile_cache, run
+  from ibmd_jax import checks, compile_cache, run
 
+  checks.check_config(_CONFIG.value)  # before anything is written or compiled
+  checks.check_workdir(_WORKDIR.value)
   # Before the first compilation of the process: JAX reads the cache settings once.
   cache_dir = compile_cache.enable(compile_cache.resolve(_CACHE.value, _WORKDIR.value))
 
@@ -43,21 +45,57 @@ def main(argv):
   run.run(_CONFIG.value, _WORKDIR.value)
 
 
+def _unknown_override(argv) -> str:
+  """The first --config.<key> override whose key the config file does not have ('' if none)."""
+  import difflib
+  import importlib.util
+
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+  if not path:
+    return ""
+  try:
+    spec = importlib.util.spec_from_file_location("_ibmd_config", path.split(":")[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(*path.split(":")[1:2])
+  except Exception:  # noqa: BLE001 - the flag parser reports a config that does not load
+    return ""
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    node, key = config, arg[len("--config."):].split("=")[0]
+    for part in key.split("."):
+      if not hasattr(node, "keys") or part not in node.keys():
+        close = difflib.get_close_matches(part, list(node.keys()) if hasattr(node, "keys") else [])
+        return key + (f" (did you mean {key.rsplit(part, 1)[0]}{close[0]}?)" if close else "")
+      node = node[part]
+  return ""
+
+
 def run_cli():
-  """app.run, with a one-line message instead of a traceback for an unknown config key."""
+  """app.run, with one line instead of a traceback for an unknown config key or a RunError (a
+  config value, workdir, checkpoint or teacher to fix; ibmd_jax.errors lists the exit codes)."""
   import sys
 
+  from ibmd_jax.errors import RunError
+
+  bad = _unknown_override(sys.argv[1:])
+  if bad:
+    sys.stderr.write(f"error: --config.{bad} is not a key of this config (configs/base.py "
+                     "lists every key)\n")
+    sys.exit(2)
   try:
     app.run(main)
+  except RunError as e:
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(e.exit_code)
   except AttributeError as e:
     overrides = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.")]
     bad = [o for o in overrides if o.split(".")[-1] in str(e)]
     if not bad:
       raise
-    hint = ""
-    if "Did you mean" in str(e):
-      hint = "Did you mean" + str(e).split("Did you mean", 1)[1].rstrip("'\"")
-    sys.exit(f"error: {bad[0]} is not a key of this config. {hint}".strip())
+    sys.stderr.write(f"error: {bad[0]} is not a key of this config\n")
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def test_stop_after_s_cuts_teacher_and_distillation_into_resumable_calls(tmp_pat
   assert "[distill] stop_after_s reached: saved step 1 in" in out
   assert os.path.exists(os.path.join(run, "teacher", "teacher.json"))
   assert _steps(os.path.join(run, "checkpoints")) == [1, 2]
-  assert _steps(os.path.join(run, "teacher_checkpoints")) == [1, 2]  # stop saves + save_every
+  # stop saves + save_every, and the final state (a longer teacher.steps continues from it)
+  assert _steps(os.path.join(run, "teacher_checkpoints")) == [1, 2, 3]
   assert sorted(_rows(run, "distill")) == [1, 2]
 
   # The teacher trained in three calls is the uninterrupted one: same loss at every step (data

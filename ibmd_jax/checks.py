@@ -1,0 +1,194 @@
+"""Checks before any work: config values, the workdir, and one run per workdir (a lock).
+
+`check_config(config)` names every value that cannot work (sizes, steps, intervals, rates) with its
+--config.<key>; `check_workdir(path)` says when the workdir is a file or cannot be written;
+`WorkdirLock(path)` keeps a second run out of a workdir while the first is alive (its host and pid
+are in <workdir>/.lock, refreshed by a heartbeat; a lock whose process is gone, or whose heartbeat
+stopped `stale_s` seconds ago on a shared filesystem, is taken over with a warning).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+from typing import Optional
+
+from absl import logging
+
+from ibmd_jax.errors import ConfigError, RunError, WorkdirLocked
+
+MODES = ("teacher", "distill", "eval", "pipeline")  # run modes (ibmd_jax.run)
+
+
+def _get(config, key: str):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def check_config(config) -> None:
+  """Raises ConfigError naming every key whose value cannot work (all of them at once)."""
+  problems = []
+
+  def need(key: str, ok, what: str):
+    try:
+      value = _get(config, key)
+    except (KeyError, AttributeError):
+      return  # a config without this section (e.g. a hand-built one) is not checked for it
+    try:
+      good = ok(value)
+    except TypeError:
+      good = False
+    if not good:
+      problems.append(f"--config.{key}={value!r} {what}")
+
+  positive = (lambda v: int(v) == v and v >= 1, "must be a whole number >= 1")
+  for key in ("teacher.steps", "teacher.batch_size", "distill.rounds", "distill.batch_size",
+              "distill.critic_steps", "distill.n_steps", "eval.batch_size", "checkpoint.every",
+              "checkpoint.keep", "log_every", "eval.num_conditions",
+              "eval.samples_per_condition", "data.channels", "data.image_size", "data.dim"):
+    need(key, *positive)
+  need("teacher.save_every", lambda v: int(v) == v and v >= 0,
+       "must be >= 0 (0: save the teacher's training state only at the end and on stops)")
+  need("mode", lambda v: v in MODES, f"must be one of {MODES}")
+  need("stop_after_s", lambda v: v >= 0, "must be >= 0 (0: no time limit)")
+  for key in ("teacher.ema", "distill.ema"):
+    need(key, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
+  for key in ("teacher.optimizer.lr", "distill.gen_optimizer.lr", "distill.critic_optimizer.lr"):
+    need(key, lambda v: v > 0, "must be > 0")
+  need("mesh.data", lambda v: v == -1 or v >= 1, "must be -1 (every device) or >= 1")
+  need("mesh.fsdp", lambda v: v >= 1, "must be >= 1")
+  need("guard.divergence_factor", lambda v: v == 0 or v > 1,
+       "must be 0 (off) or > 1 (a multiple of the running median)")
+  need("guard.window", lambda v: int(v) == v and v >= 3, "must be a whole number >= 3")
+  need("lock_stale_s", lambda v: v > 0, "must be > 0 seconds")
+  if problems:
+    raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def check_workdir(workdir: str) -> str:
+  """The absolute workdir, created if needed; RunError when it is a file or not writable."""
+  if not workdir:
+    raise ConfigError("--workdir is empty: pass the run directory")
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise RunError(f"workdir {path} is a file, not a directory: pass another --workdir")
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test"):
+      pass
+  except OSError as e:
+    raise RunError(f"workdir {path} is not writable ({e.strerror or e}): fix its permissions or "
+                   "pass another --workdir") from None
+  return path
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, another user's
+    return True
+  return True
+
+
+class WorkdirLock:
+  """<workdir>/.lock: {host, pid, started}; taken atomically (O_EXCL), refreshed every
+  heartbeat_s by a daemon thread, released on exit."""
+
+  NAME = ".lock"
+
+  def __init__(self, workdir: str, stale_s: float = 300.0, heartbeat_s: Optional[float] = None):
+    self.path = os.path.join(os.path.abspath(workdir), self.NAME)
+    self.stale_s = float(stale_s)
+    self.heartbeat_s = heartbeat_s or max(min(self.stale_s / 4, 30.0), 0.05)
+    self.held = False
+    self._stop = threading.Event()
+    self._thread = None
+
+  def _holder(self) -> tuple[dict, float]:
+    try:
+      with open(self.path) as f:
+        info = json.load(f)
+    except (OSError, ValueError):
+      info = {}
+    try:
+      age = time.time() - os.path.getmtime(self.path)
+    except OSError:
+      age = 0.0
+    return info, age
+
+  def _stale(self, info: dict, age: float) -> Optional[str]:
+    """Why the holder is gone (None when it may be alive)."""
+    if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
+      if not _pid_alive(info["pid"]):
+        return f"process {info['pid']} on this host is gone"
+    if age > self.stale_s:
+      return f"its heartbeat stopped {age:.0f} s ago (lock_stale_s={self.stale_s:g})"
+    return None
+
+  def acquire(self) -> "WorkdirLock":
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        info, age = self._holder()
+        why = self._stale(info, age)
+        if why is None:
+          raise WorkdirLocked(
+              f"workdir {os.path.dirname(self.path)} is in use by the run of process "
+              f"{info.get('pid', '?')} on host {info.get('host', '?')} (started "
+              f"{info.get('started', '?')}; lock {self.path}): wait for it to finish, stop it, or "
+              "pass another --workdir") from None
+        # take over: one process wins the rename, the others retry and find the new lock
+        aside = f"{self.path}.stale.{os.getpid()}"
+        try:
+          os.rename(self.path, aside)
+          os.remove(aside)
+          logging.warning("taking over the lock %s of process %s on %s: %s", self.path,
+                          info.get("pid", "?"), info.get("host", "?"), why)
+          print(f"warning: took over a stale workdir lock ({why})", flush=True)
+        except FileNotFoundError:
+          pass
+        continue
+      with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+      self.held = True
+      self._thread = threading.Thread(target=self._beat, daemon=True)
+      self._thread.start()
+      return self
+    raise WorkdirLocked(f"could not take the workdir lock {self.path}: another run keeps taking it")
+
+  def _beat(self):
+    while not self._stop.wait(self.heartbeat_s):
+      try:
+        os.utime(self.path)
+      except OSError:
+        pass
+
+  def release(self):
+    if not self.held:
+      return
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join(timeout=5)
+    info, _ = self._holder()
+    if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+      try:
+        os.remove(self.path)
+      except OSError:
+        pass
+    self.held = False
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()

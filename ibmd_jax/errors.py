@@ -1,0 +1,42 @@
+"""Errors the user fixes (a config, a workdir, a checkpoint): the launcher prints them as one line.
+
+Exit codes of `python -m launch.main`: 0 done; 1 a RunError (the message says what to fix); 2 a
+bad config value or key; 75 stop_after_s reached and 143 SIGTERM (state saved: run the same
+command again). Any other exception is a bug and keeps its traceback.
+"""
+
+
+class RunError(Exception):
+  """Something about the run's inputs or workdir that the user has to fix; nothing was lost."""
+
+  exit_code = 1
+
+
+class ConfigError(RunError, ValueError):
+  """A config value that cannot work (named with its --config.<key>)."""
+
+  exit_code = 2
+
+
+class CheckpointMismatch(RunError):
+  """The workdir's checkpoints were written by a run whose state differs from this config's."""
+
+
+class NoRestorableCheckpoint(RunError):
+  """Checkpoints exist but none restores; starting over needs checkpoint.start_over=True."""
+
+
+class NonFiniteError(RunError, FloatingPointError):
+  """A step produced a non-finite (or diverging) state; nothing from it was saved."""
+
+
+class DiskFullError(RunError, OSError):
+  """A save did not fit on its disk; the previous checkpoint is intact."""
+
+
+class WorkdirLocked(RunError):
+  """Another live run holds the workdir."""
+
+
+class TeacherMismatch(RunError, ValueError):
+  """The teacher checkpoint was trained for another bridge, data setup or network."""
