@@ -149,8 +149,11 @@ def get_config() -> ml_collections.ConfigDict:
   # also keep the best one (averaged over each interval) in <workdir>/checkpoints_best.
   # start_over=True: when the checkpoints of this workdir do not fit the config or none restores,
   # move them to checkpoints.replaced-<time> and start from step 0 (otherwise the run refuses).
+  # min_free_mb: a save that would leave less free disk space stops the run (one line, exit 1)
+  # before writing anything.
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, best_metric="",
-                                                best_mode="min", start_over=False))
+                                                best_mode="min", start_over=False,
+                                                min_free_mb=16.0))
   # Divergence guard: stop (like a non-finite step) when a loss or gradient norm exceeds
   # divergence_factor times its median over the last `window` steps; 0 = off.
   c.guard = ml_collections.ConfigDict(dict(divergence_factor=1000.0, window=50))

@@ -66,6 +66,7 @@ class DistillOptions:
   start_over: bool = False  # checkpoints that do not fit or restore: move aside, start at 0
   divergence_factor: float = 1000.0  # stop when a loss / grad norm exceeds this × its median
   divergence_window: int = 50
+  min_free_mb: float = 16.0  # a save that would leave less free disk space stops the run first
 
   @classmethod
   def from_config(cls, config) -> "DistillOptions":
@@ -78,7 +79,7 @@ class DistillOptions:
                gen_optimizer=dict(dc.gen_optimizer), critic_optimizer=dict(dc.critic_optimizer),
                seed=int(config.seed), log_every=int(config.log_every), checkpoint_every=int(cc.every),
                keep=int(cc.keep), best_metric=str(cc.best_metric), best_mode=str(cc.best_mode),
-               start_over=bool(cc.start_over),
+               start_over=bool(cc.start_over), min_free_mb=float(cc.min_free_mb),
                divergence_factor=float(config.guard.divergence_factor),
                divergence_window=int(config.guard.window))
 
@@ -166,7 +167,8 @@ def distill(*, teacher: Predictor, teacher_params: Any, net: NetDenoiser, init_p
               profile_dir=os.path.join(workdir, "profile"), hooks=hooks,
               metric_modes=("eval",) if hooks else (),
               fingerprint=fingerprint or json_options(opts), start_over=opts.start_over,
-              divergence_factor=opts.divergence_factor, divergence_window=opts.divergence_window)
+              divergence_factor=opts.divergence_factor, divergence_window=opts.divergence_window,
+              min_free_mb=opts.min_free_mb)
   try:
     return run_loop(loop, writer)
   finally:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import errno
 import json
+import logging as logging_std
 import os
 import shutil
+import threading
 import time
 from typing import Any, Optional
 
@@ -286,6 +288,51 @@ def _is_disk_error(e: BaseException) -> bool:
   return False
 
 
+class _QuietDiskErrors(logging_std.Filter):
+  """Drops Orbax's own tracebacks of a failed write when the disk is full (RunCheckpointer
+  reports it in one line instead); every other record passes."""
+
+  seen = False
+
+  def filter(self, record) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    if (exc is not None and _is_disk_error(exc)) or any(t in record.getMessage()
+                                                         for t in _DISK_TEXTS):
+      _QuietDiskErrors.seen = True
+      return False
+    return True
+
+
+_QUIET = _QuietDiskErrors()
+_previous_excepthook = threading.excepthook
+
+
+def _thread_excepthook(args):
+  """Orbax's writer threads die with the disk error (or, after it, on their closed event loop):
+  reported once by RunCheckpointer, not as one traceback per thread."""
+  if _is_disk_error(args.exc_value) or (_QuietDiskErrors.seen and isinstance(
+      args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value)):
+    _QuietDiskErrors.seen = True
+    return
+  _previous_excepthook(args)
+
+
+def _quiet_disk_errors():
+  if _QUIET not in logging_std.getLogger("absl").filters:
+    logging_std.getLogger("absl").addFilter(_QUIET)
+    threading.excepthook = _thread_excepthook
+
+
+def _disk_reason(e: BaseException) -> str:
+  first, seen = e, set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+      return os.strerror(e.errno)
+    e = e.__cause__ or e.__context__
+  return next((t for t in _DISK_TEXTS if t in str(first)), "disk full")
+
+
 def _nbytes(state) -> int:
   """Bytes this process writes for a state (its share of every global array)."""
   return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
@@ -309,7 +356,7 @@ class RunCheckpointer:
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, save_every: int = 1000,
                async_save: bool = True, best_metric: str = "", best_mode: str = "min",
-               fingerprint: Optional[dict] = None):
+               fingerprint: Optional[dict] = None, min_free_mb: float = 16.0):
     if max_to_keep < 1:
       raise ValueError(f"checkpoint.keep must be >= 1, got {max_to_keep}")
     if best_metric and best_mode not in ("min", "max"):
@@ -319,6 +366,9 @@ class RunCheckpointer:
     self.best_metric, self.best_mode = best_metric, best_mode
     self.fingerprint = fingerprint or {}
     self.async_save, self.max_to_keep = async_save, max_to_keep
+    self.min_free = int(float(min_free_mb) * (1 << 20))
+    self._last_saved = None  # the step of the save that may still be written in the background
+    _quiet_disk_errors()
     self._open()
 
   def _open(self):
@@ -345,11 +395,11 @@ class RunCheckpointer:
     return ocp.args.Composite(**items)
 
   def save(self, step: int, state: Any, data: Any = None, *, force: bool = False,
-           metrics: Optional[dict] = None) -> bool:
+           metrics: Optional[dict] = None, extra: Optional[dict] = None) -> bool:
     """Saves at save_every multiples (or when forced); metrics feed the keep-best manager.
 
     data: the training data iterator (a grain DatasetIterator), whose position is saved beside the
-    state, or None. Raises NonFiniteError (nothing saved) for a state with a non-finite leaf and
+    state, or None. extra: more JSON for the meta. Raises NonFiniteError (nothing saved) for a state with a non-finite leaf and
     DiskFullError (the previous checkpoints intact, no temporary directory left) when it does not
     fit on its disk."""
     if step == self.manager.latest_step():  # already saved (periodic save at the last step)
@@ -364,7 +414,8 @@ class RunCheckpointer:
           f"checkpoints in {self.directory} are kept. Lower the learning rate or enable gradient "
           "clipping (optimizer.grad_clip)")
     self._check_space(step, state)
-    meta = {"step": int(step), "tree": tree_signature(state), "checksum": sums,
+    self._finish_previous(state)
+    meta = {**(extra or {}), "step": int(step), "tree": tree_signature(state), "checksum": sums,
             "config": self.fingerprint}
     try:
       saved = self.manager.save(step, args=self._args(state, meta, data), force=force)
@@ -376,27 +427,59 @@ class RunCheckpointer:
     except Exception as e:  # noqa: BLE001 - disk errors become one line; others propagate
       self._raise_if_disk(e, step, state)
       raise
+    if saved:
+      self._last_saved = step
     return saved
+
+  def _finish_previous(self, state: Any):
+    """Waits for the previous (background) save, so that its failure names its step."""
+    if self._last_saved is None:
+      return
+    try:
+      self.wait()
+    finally:
+      self._last_saved = None
 
   def _check_space(self, step: int, state: Any):
     need = _nbytes(state)
     free = shutil.disk_usage(self.directory).free
-    if free < need + (16 << 20):
+    if free < need + self.min_free:
       raise DiskFullError(
           f"no space for the checkpoint of step {step} in {self.directory}: it needs about "
-          f"{(need >> 20) + 16} MiB, {free >> 20} MiB are free. Free some space (or move the "
-          f"workdir) and run the same command again; the checkpoints saved so far "
-          f"({self.all_steps()}) are intact")
+          f"{(need + self.min_free) >> 20} MiB (checkpoint.min_free_mb={self.min_free >> 20} "
+          f"included), {free >> 20} MiB are free. Free some space (or move the workdir) and run "
+          f"the same command again; the checkpoints saved so far ({self.all_steps()}) are intact")
 
   def _raise_if_disk(self, e: BaseException, step: int, state: Any):
     if not _is_disk_error(e):
       return
+    self._drain()
     self._remove_tmp()
-    raise DiskFullError(
-        f"the checkpoint of step {step} did not fit in {self.directory} (it needs about "
-        f"{(_nbytes(state) >> 20) + 1} MiB: {str(e).splitlines()[0][:120] if str(e) else e}). "
+    self._last_saved = None
+    size = f"about {(_nbytes(state) >> 20) + 1} MiB: " if state else ""
+    raise DiskFullError.with_cleanup(self._remove_tmp,
+        f"the checkpoint of step {step} did not fit in {self.directory} ({size}"
+        f"{_disk_reason(e)}). "
         "Free some space and run the same command again; the checkpoints saved before "
         f"({self.all_steps(reload=False)}) are intact and the partial one was removed") from None
+
+  def _drain(self):
+    """Lets every background write of the failed save end (each fails on the full disk) and
+    closes the managers, so that nothing writes into the directory after it is cleaned."""
+    for manager in (self.manager, self.best):
+      if manager is None:
+        continue
+      for _ in range(3):
+        try:
+          manager.wait_until_finished()
+          break
+        except Exception:  # noqa: BLE001 - the same disk error, reported once by the caller
+          continue
+      try:
+        manager.close()
+      except Exception:  # noqa: BLE001
+        pass
+    self.manager = self.best = None
 
   def _remove_tmp(self):
     for root in (self.directory, self.directory + "_best"):
@@ -421,6 +504,8 @@ class RunCheckpointer:
     return self.best.best_step()
 
   def all_steps(self, reload: bool = True) -> list[int]:
+    if self.manager is None:
+      return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
     if reload:
       self.manager.reload()
     return sorted(self.manager.all_steps())
@@ -530,11 +615,11 @@ class RunCheckpointer:
       if self.best is not None:
         self.best.wait_until_finished()
     except Exception as e:  # noqa: BLE001
-      self._raise_if_disk(e, self.manager.latest_step() or 0, {})
+      self._raise_if_disk(e, self._last_saved or 0, {})
       raise
 
   def close(self):
-    if self.manager is None:
+    if self.manager is None:  # closed (or drained after a failed save)
       return
     try:
       self.wait()

@@ -66,6 +66,7 @@ def check_config(config) -> None:
        "must be 0 (off) or > 1 (a multiple of the running median)")
   need("guard.window", lambda v: int(v) == v and v >= 3, "must be a whole number >= 3")
   need("lock_stale_s", lambda v: v > 0, "must be > 0 seconds")
+  need("checkpoint.min_free_mb", lambda v: v >= 0, "must be >= 0")
   if problems:
     raise ConfigError("invalid config: " + "; ".join(problems))
 

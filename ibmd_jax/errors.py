@@ -31,7 +31,16 @@ class NonFiniteError(RunError, FloatingPointError):
 
 
 class DiskFullError(RunError, OSError):
-  """A save did not fit on its disk; the previous checkpoint is intact."""
+  """A save did not fit on its disk; the previous checkpoint is intact. `cleanup()` removes what
+  the failed save's last background writes may still have left (the launcher calls it on exit)."""
+
+  cleanup = staticmethod(lambda: None)
+
+  @classmethod
+  def with_cleanup(cls, cleanup, message: str) -> "DiskFullError":
+    e = cls(message)
+    e.cleanup = cleanup
+    return e
 
 
 class WorkdirLocked(RunError):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import signal
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -43,7 +44,7 @@ EXIT_RESUME = 75  # stop_after_s reached (EX_TEMPFAIL): the state is saved, run 
 # Watched by the divergence guard: bridge-matching losses and gradient norms (not the generator's
 # IBMD loss, a difference that crosses zero, nor its gradient norm, which starts at 0).
 DIVERGENCE_METRICS = ("loss", "grad_norm", "critic_loss", "critic_grad_norm")
-DIVERGENCE_MIN_STEPS = 10
+DIVERGENCE_MIN_STEPS = 5  # steps of history before the guard judges
 
 
 @dataclasses.dataclass
@@ -79,6 +80,7 @@ class Loop:
   start_over: bool = False  # checkpoints that do not fit or restore: move aside, start at 0
   divergence_factor: float = 0.0  # > 1: stop when a watched metric exceeds this × its median
   divergence_window: int = 50
+  min_free_mb: float = 16.0  # a save that would leave less free space stops the run first
 
 
 class StopSignal:
@@ -115,7 +117,8 @@ class _Metrics:
     self.flush()
     self.pending = (step, metrics)
 
-  def flush(self):
+  def flush(self, on_ok: Optional[Callable[[], None]] = None):
+    """Reads, checks and logs the pending step; on_ok() runs after the checks, before logging."""
     if self.pending is None:
       return
     step, m = self.pending
@@ -129,6 +132,8 @@ class _Metrics:
           f"); nothing from this step was saved. Lower the learning rate or enable gradient "
           "clipping (optimizer.grad_clip)")
     self._diverging(step, m)
+    if on_ok is not None:
+      on_ok()
     if loop.best_metric:
       if loop.best_metric not in m:
         raise ValueError(f"checkpoint.best_metric={loop.best_metric!r} is not a {loop.name} "
@@ -158,6 +163,15 @@ class _Metrics:
               "clipping (optimizer.grad_clip); guard.divergence_factor=0 turns the guard off")
       hist.append(v)
 
+  def guard_history(self) -> dict:
+    """The divergence guard's recent values (kept in checkpoints, so a resumed run that diverges
+    at once, e.g. after raising the learning rate, is compared with the run before it)."""
+    return {k: list(v) for k, v in self.history.items()}
+
+  def seed(self, history: Optional[dict]):
+    for k, values in (history or {}).items():
+      self.history[k].extend(float(v) for v in values)
+
   def take_best(self) -> Optional[dict]:
     if not self.best_n:
       return None
@@ -180,15 +194,17 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
   manager = RunCheckpointer(loop.directory, max_to_keep=loop.keep,
                             save_every=loop.save_every if loop.save_every > 0 else 2**62,
                             best_metric=loop.best_metric, best_mode=loop.best_mode,
-                            fingerprint=loop.fingerprint)
+                            fingerprint=loop.fingerprint, min_free_mb=loop.min_free_mb)
   it = iter(loop.data)
   stop = StopSignal()
   try:
-    start, state = _resume(loop, manager, it)
+    start, state, meta = _resume(loop, manager, it)
     check_first = start > 0  # a resumed state's first step is checked before going on
+    suspect, first_error = None, None  # a checkpoint whose first step was not finite
     if writer is not None:
       writer.supersede((loop.name,) + tuple(loop.metric_modes), start)
     metrics = _Metrics(loop, writer, start)
+    metrics.seed(meta.get("guard"))
     i = start
     while i < loop.total:
       local = next(it)
@@ -198,14 +214,21 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
       metrics.push(step, m)  # reads step - 1's metrics: step is in flight
       if check_first:
         check_first = False
+        confirm = None
+        if suspect is not None:  # the earlier checkpoint steps on: the later one was the cause
+          confirm = functools.partial(_set_aside, loop, manager, writer, suspect, start,
+                                      first_error)
         try:
-          metrics.flush()
+          metrics.flush(on_ok=confirm)
         except NonFiniteError as e:
-          start, state = _fall_back(loop, manager, it, start, e)
-          if writer is not None:
-            writer.supersede((loop.name,) + tuple(loop.metric_modes), start)
-          metrics, i = _Metrics(loop, writer, start), start
+          if "diverges" in str(e) or suspect is not None:
+            raise _not_the_checkpoint(first_error or e, suspect, start) from None
+          suspect, first_error = start, e
+          start, state, meta = _fall_back(loop, manager, it, start, e)
+          metrics, i, check_first = _Metrics(loop, writer, start), start, True
+          metrics.seed(meta.get("guard"))
           continue
+        suspect = None
       i = step
       _profile(loop, step)
       code = _stop_code(stop, loop, manager, step) if step < loop.total else None
@@ -213,7 +236,7 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
       if code is not None or at_end or manager.should_save(step):
         metrics.flush()  # this step's flag is read before its state is saved
         manager.save(step, state, it, force=code is not None or at_end,
-                     metrics=metrics.take_best())
+                     metrics=metrics.take_best(), extra={"guard": metrics.guard_history()})
       for every, hook in loop.hooks:
         if every > 0 and step % every == 0:
           hook(step, state)
@@ -230,10 +253,10 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
   return state
 
 
-def _resume(loop: Loop, manager: RunCheckpointer, it) -> tuple[int, Any]:
-  """(step, state) to start from: the newest good checkpoint, or step 0 and a new state."""
+def _resume(loop: Loop, manager: RunCheckpointer, it) -> tuple[int, Any, dict]:
+  """(step, state, meta) to start from: the newest good checkpoint, or step 0 and a new state."""
   try:
-    start, state, _ = manager.restore_latest(loop.state.abstract, it)
+    start, state, meta = manager.restore_latest(loop.state.abstract, it)
   except (CheckpointMismatch, NoRestorableCheckpoint):
     if not loop.start_over:
       raise
@@ -242,27 +265,44 @@ def _resume(loop: Loop, manager: RunCheckpointer, it) -> tuple[int, Any]:
           f"{dest}; starting from step 0", flush=True)
     start, state = None, None
   if state is None:
-    return 0, loop.state.build()
+    return 0, loop.state.build(), {}
   if start > loop.total:
     raise ConfigError(f"{manager.directory} holds step {start} but --config.{loop.total_name}="
                       f"{loop.total}: pass {loop.total_name} >= {start} to continue that run, or "
                       "use another workdir")
   print(f"[{loop.name}] resumed from step {start}", flush=True)
-  return start, state
+  return start, state, meta
 
 
 def _fall_back(loop: Loop, manager: RunCheckpointer, it, start: int, error: Exception):
-  """The first step after resuming from `start` was not finite: set that checkpoint aside and
-  resume from the one before (once)."""
-  step, state, _ = manager.restore_latest(loop.state.abstract, it, before=start)
+  """The first step after resuming from `start` was not finite: resume once from the checkpoint
+  before it, to tell a bad checkpoint from a bad config."""
+  step, state, meta = manager.restore_latest(loop.state.abstract, it, before=start)
   if state is None:
     raise NonFiniteError(f"{error} It is the first step after resuming from the checkpoint at "
                          f"step {start}, and there is no earlier one to fall back to") from None
-  aside = manager.set_aside(start)
-  print(f"warning: [{loop.name}] the first step after resuming from step {start} is not finite "
-        f"({error}); that checkpoint is suspect and was moved to {aside}; falling back to step "
-        f"{step}", flush=True)
-  return step, state
+  print(f"warning: [{loop.name}] the first step after resuming from step {start} is not finite; "
+        f"trying the checkpoint at step {step}", flush=True)
+  return step, state, meta
+
+
+def _set_aside(loop: Loop, manager: RunCheckpointer, writer, suspect: int, start: int,
+               error: Exception):
+  aside = manager.set_aside(suspect)
+  if writer is not None:
+    writer.supersede((loop.name,) + tuple(loop.metric_modes), start)
+  print(f"warning: [{loop.name}] the first step after resuming from step {suspect} is not "
+        f"finite ({error}), the first step from step {start} is: the checkpoint at step "
+        f"{suspect} is suspect and was moved to {aside}; going on from step {start}", flush=True)
+
+
+def _not_the_checkpoint(error: Exception, suspect: Optional[int], start: int) -> NonFiniteError:
+  if suspect is None:  # the divergence guard: the state is fine, the config is not
+    return error
+  return NonFiniteError(
+      f"{error} The run fell back once, from the checkpoint at step {suspect} to the one at step "
+      f"{start}, and its first step ({start + 1}) is not finite either: the checkpoints are not the cause (a "
+      "changed config, e.g. the learning rate, is); they are all kept as they were")
 
 
 def _stop_code(stop: StopSignal, loop: Loop, manager: RunCheckpointer, step: int) -> Optional[int]:

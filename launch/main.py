@@ -77,7 +77,9 @@ def run_cli():
   config value, workdir, checkpoint or teacher to fix; ibmd_jax.errors lists the exit codes)."""
   import sys
 
-  from ibmd_jax.errors import RunError
+  import os
+
+  from ibmd_jax.errors import DiskFullError, RunError
 
   bad = _unknown_override(sys.argv[1:])
   if bad:
@@ -88,6 +90,17 @@ def run_cli():
     app.run(main)
   except RunError as e:
     sys.stderr.write(f"error: {e}\n")
+    if isinstance(e, DiskFullError):
+      # Skip the interpreter's teardown, where the failed save's writer threads would print a
+      # traceback each on their closed event loops; remove what their last writes left.
+      import time
+
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # the error line above is the last one
+      time.sleep(1.0)
+      e.cleanup()
+      os._exit(e.exit_code)
     sys.exit(e.exit_code)
   except AttributeError as e:
     overrides = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.")]
