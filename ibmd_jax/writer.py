@@ -5,12 +5,15 @@ been dispatched, so writing never waits for the device). Only process 0 writes.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 
 import jax
 import numpy as np
 from absl import logging
+
+from ibmd_jax.errors import DiskFullError
 
 try:  # TensorBoard event files without TensorFlow; optional
   from tensorboardX import SummaryWriter
@@ -68,8 +71,15 @@ class MetricWriter:
     row.update({k: float(np.asarray(v)) for k, v in metrics.items()})
     if not self.active:
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    try:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    except OSError as e:
+      if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        raise DiskFullError(f"could not append to {self.path} ({os.strerror(e.errno)}): free some "
+                            "space and run the same command again; the checkpoints are intact"
+                            ) from None
+      raise
     if self.tb is not None:
       for k, v in row.items():
         if k not in ("mode", "step"):
