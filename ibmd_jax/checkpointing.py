@@ -25,6 +25,7 @@ import grain.checkpoint
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -32,7 +33,6 @@ from ibmd_jax.bridges import Bridge
 from ibmd_jax.errors import (CheckpointMismatch, DiskFullError, NoRestorableCheckpoint,
                              NonFiniteError)
 from ibmd_jax.models import model_defaults, resolve_model_config
-from ibmd_jax.sharding import to_host
 
 TEACHER_META = "teacher.json"
 
@@ -216,33 +216,35 @@ def tree_signature(tree: Any) -> dict:
           for p, x in flat}
 
 
-def _words(x: jax.Array) -> jax.Array:
-  """The leaf's raw bits as uint32 words (for an order-free checksum)."""
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    x = jax.random.key_data(x)
-  if x.dtype == jnp.bool_:
-    return x.astype(jnp.uint32)
-  size = jnp.dtype(x.dtype).itemsize
-  if size in (4, 8):
-    return jax.lax.bitcast_convert_type(x, jnp.uint32)
-  unsigned = {2: jnp.uint16, 1: jnp.uint8}[size]
-  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-
-
-@jax.jit
-def _digest(state):
-  leaves = jax.tree.leaves(state)
-  sums = jnp.stack([jnp.sum(_words(x), dtype=jnp.uint32) for x in leaves])
-  finite = jnp.stack([jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact)
-                      else jnp.asarray(True) for x in leaves])
-  return sums, finite
+def _leaf_digest(x) -> tuple[int, bool]:
+  """(sum of the raw bits' words mod 2^32, all finite) of this process's share of a leaf: the
+  replica-0 copy of each of its addressable shards (so every element counts once over the run's
+  processes). On the host, from the shards' buffers: no program to compile."""
+  shards = [s.data for s in x.addressable_shards if s.replica_id == 0] if isinstance(
+      x, jax.Array) else [x]
+  total, finite = 0, True
+  for data in shards:
+    if jax.dtypes.issubdtype(data.dtype, jax.dtypes.prng_key):
+      data = jax.random.key_data(data)
+    a = np.ascontiguousarray(np.asarray(data)).reshape(-1)
+    size = a.dtype.itemsize
+    words = a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}[size])
+    total = (total + int(words.sum(dtype=np.uint64))) % (1 << 32)
+    if jnp.issubdtype(a.dtype, jnp.inexact):
+      finite = finite and bool(np.isfinite(a.astype(np.float32) if size < 4 else a).all())
+  return total, finite
 
 
 def state_digest(state: Any) -> tuple[list, list]:
-  """(per-leaf uint32 checksums of the raw bits, leaf paths that are not finite). The sums are
-  exact (integer, order-free), so a state restored on another mesh has the same checksum."""
-  sums, finite = (np.asarray(a) for a in to_host(_digest(state)))
+  """(per-leaf checksums of the raw bits, leaf paths that are not finite). The sums are exact
+  (integer, order-free), so a state restored on another mesh has the same checksum."""
   flat, _ = jax.tree_util.tree_flatten_with_path(state)
+  parts = [_leaf_digest(x) for _, x in flat]
+  sums = np.array([p[0] for p in parts], np.int64)
+  finite = np.array([p[1] for p in parts], bool)
+  if jax.process_count() > 1:  # every process holds a share: add them up
+    sums = np.asarray(multihost_utils.process_allgather(sums)).sum(0) % (1 << 32)
+    finite = np.asarray(multihost_utils.process_allgather(finite)).all(0)
   bad = [jax.tree_util.keystr(p, simple=True, separator="/")
          for (p, _), ok in zip(flat, finite) if not ok]
   return [int(v) for v in sums], bad
@@ -321,6 +323,14 @@ def _quiet_disk_errors():
   if _QUIET not in logging_std.getLogger("absl").filters:
     logging_std.getLogger("absl").addFilter(_QUIET)
     threading.excepthook = _thread_excepthook
+
+
+def _by_process_0(fn, name: str):
+  """fn() on process 0 only (the directory is shared), the others wait for it."""
+  if jax.process_index() == 0:
+    fn()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"ibmd_jax_{name}")
 
 
 def _disk_reason(e: BaseException) -> str:
@@ -594,7 +604,8 @@ class RunCheckpointer:
     """Renames checkpoint `step` to suspect-<step>-<time> (kept, no longer resumed from)."""
     self.manager.wait_until_finished()
     dest = os.path.join(self.directory, f"suspect-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.rename(os.path.join(self.directory, str(step)), dest)
+    _by_process_0(lambda: os.path.isdir(os.path.join(self.directory, str(step))) and os.rename(
+        os.path.join(self.directory, str(step)), dest), f"set_aside_{step}")
     self.manager.reload()
     return dest
 
@@ -603,9 +614,13 @@ class RunCheckpointer:
     self.close()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dest = f"{self.directory}.replaced-{stamp}"
-    os.rename(self.directory, dest)
-    if os.path.isdir(self.directory + "_best"):
-      os.rename(self.directory + "_best", f"{self.directory}_best.replaced-{stamp}")
+
+    def move():
+      os.rename(self.directory, dest)
+      if os.path.isdir(self.directory + "_best"):
+        os.rename(self.directory + "_best", f"{self.directory}_best.replaced-{stamp}")
+
+    _by_process_0(move, "archive")
     self._open()
     return dest
 

@@ -193,3 +193,25 @@ class WorkdirLock:
 
   def __exit__(self, *exc):
     self.release()
+
+
+def acquire_on_process_0(lock: WorkdirLock) -> None:
+  """Process 0 takes the lock for the run's processes; all of them stop when it is held."""
+  import jax  # here: the checks above run before JAX starts (the launcher's first lines)
+
+  error = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except WorkdirLocked as e:
+      error = e
+  if jax.process_count() > 1:
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    held = bool(multihost_utils.broadcast_one_to_all(np.asarray(error is not None)))
+    if held and error is None:
+      error = WorkdirLocked(f"workdir {os.path.dirname(lock.path)} is in use by another run "
+                            "(process 0 of this run found its lock)")
+  if error is not None:
+    raise error

@@ -165,8 +165,7 @@ def run(config, workdir: str) -> dict:
   checks.check_config(config)
   workdir = checks.check_workdir(workdir)
   lock = checks.WorkdirLock(workdir, float(config.lock_stale_s))
-  if jax.process_index() == 0:  # one run per workdir; the processes of one run share it
-    lock.acquire()
+  checks.acquire_on_process_0(lock)  # one run per workdir; the processes of one run share it
   writer = None
   try:
     save_config(config, workdir)

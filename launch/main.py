@@ -23,12 +23,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from ibmd_jax import checks
+
+  checks.check_config(_CONFIG.value)  # before anything is written, compiled or even imported
+  checks.check_workdir(_WORKDIR.value)
+
   import jax  # imported after flag parsing so that --help is fast
 
-  from ibmd_jax import checks, compile_cache, run
-
-  checks.check_config(_CONFIG.value)  # before anything is written or compiled
-  checks.check_workdir(_WORKDIR.value)
+  from ibmd_jax import compile_cache, run
   # Before the first compilation of the process: JAX reads the cache settings once.
   cache_dir = compile_cache.enable(compile_cache.resolve(_CACHE.value, _WORKDIR.value))
 

@@ -11,6 +11,7 @@ import pytest
 
 from ibmd_jax import run as runner
 from ibmd_jax import train
+from ibmd_jax.errors import ConfigError
 from tests.test_image_tasks import load_config
 
 
@@ -90,10 +91,12 @@ def test_stop_after_s_cuts_teacher_and_distillation_into_resumable_calls(tmp_pat
 
 def test_teacher_checkpoint_beyond_the_configured_steps_is_refused(tmp_path):
   run = str(tmp_path / "run")
-  with pytest.raises(SystemExit):
-    runner.run(_tiny("teacher", stop_after_s=1e-6), run)
+  for _ in range(2):  # one step per call: saved steps 1 and 2
+    with pytest.raises(SystemExit):
+      runner.run(_tiny("teacher", stop_after_s=1e-6), run)
   c = _tiny("teacher")
-  c.teacher.steps = 0  # the saved step 1 is beyond it
-  with pytest.raises(ValueError, match=r"holds step 1 but teacher.steps=0"):
+  c.teacher.steps = 1  # the saved step 2 is beyond it
+  with pytest.raises(ConfigError, match=r"holds step 2 but --config.teacher.steps=1: pass "
+                                        r"teacher.steps >= 2"):
     runner.run(c, run)
-  assert _steps(os.path.join(run, "teacher_checkpoints")) == [1]  # nothing saved is lost
+  assert _steps(os.path.join(run, "teacher_checkpoints")) == [1, 2]  # nothing saved is lost
