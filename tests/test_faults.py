@@ -232,6 +232,25 @@ def test_flipped_bytes_fall_back_to_the_previous_checkpoint(tmp_path, base, refe
   _same(_losses(workdir), reference)  # as if never interrupted
 
 
+def test_data_that_read_back_differently_are_caught_by_the_checksum(tmp_path, capsys):
+  """Silent corruption (the arrays read back fine but differ from what was saved; simulated by
+  the saved checksum disagreeing) is skipped for the previous checkpoint."""
+  directory = str(tmp_path / "c")
+  m = ckpt.RunCheckpointer(directory, save_every=1, async_save=False)
+  m.save(1, {"w": jax.numpy.ones(3)})
+  m.save(2, {"w": jax.numpy.full(3, 2.0)})
+  m.close()
+  meta_path = os.path.join(directory, "2", "meta", "metadata")
+  meta = json.load(open(meta_path))
+  meta["checksum"][0] = (meta["checksum"][0] + 1) % (1 << 32)
+  json.dump(meta, open(meta_path, "w"))
+  m = ckpt.RunCheckpointer(directory)
+  step, state, _ = m.restore_latest({"w": jax.ShapeDtypeStruct((3,), np.float32)})
+  m.close()
+  assert step == 1 and float(state["w"][0]) == 1.0
+  assert "checkpoint 2 in" in capsys.readouterr().out
+
+
 def test_a_finite_state_whose_first_step_is_not_falls_back_once(tmp_path, base, reference,
                                                                 capsys):
   """A checkpoint can be intact and finite and still blow up at the next step (here: critic

@@ -37,7 +37,10 @@ def _rows(workdir):
 
 
 @pytest.mark.parametrize("cfg_module,distill_teacher",
-                         [(toy_cond, "network"), (toy_cond, "exact"), (toy_uncond, "network")])
+                         [(toy_cond, "network"),
+                          # the exact teacher's distillation is tested in test_toy_distillation
+                          pytest.param(toy_cond, "exact", marks=pytest.mark.slow),
+                          (toy_uncond, "network")])
 def test_pipeline_writes_everything(tmp_path, cfg_module, distill_teacher):
   workdir = str(tmp_path / "run")
   c = _tiny(cfg_module)

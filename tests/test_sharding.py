@@ -32,7 +32,8 @@ def _round(mesh_devices, data, fsdp):
   return out, metrics
 
 
-@pytest.mark.parametrize("data,fsdp", [(8, 1), (4, 2), (1, 8)])
+# The two extremes run by default; the mixed mesh (same code path) is a slow test.
+@pytest.mark.parametrize("data,fsdp", [(8, 1), pytest.param(4, 2, marks=pytest.mark.slow), (1, 8)])
 def test_sharded_round_matches_single_device(data, fsdp):
   assert len(jax.devices()) >= 8, "tests/conftest.py requests 8 CPU devices"
   ref_state, ref_m = _round(jax.devices()[:1], 1, 1)
