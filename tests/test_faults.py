@@ -596,7 +596,8 @@ def test_kill_9_during_saves_resumes_exactly_without_duplicate_metrics(tmp_path,
                                                                        reference):
   """Checkpoints at every round, so a kill lands in or near a save; three kills at random
   points after rounds 2, 4 and 6 are logged, then the run is finished: the same losses as the
-  uninterrupted run, every round logged once, the rows of the killed runs superseded."""
+  uninterrupted run, every round logged once, the rows of the killed runs superseded. While the
+  first one runs, a second launcher on its workdir is refused."""
   workdir = _workdir(tmp_path, teacher_dir)
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
   rng = random.Random(0)
@@ -606,6 +607,15 @@ def test_kill_9_during_saves_resumes_exactly_without_duplicate_metrics(tmp_path,
                             stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
       if line.startswith(f"[distill] step {after}:"):
+        if after == 2:  # a second launcher on the live run's workdir is refused, naming it
+          proc.send_signal(signal.SIGSTOP)  # (paused meanwhile: alive, its rounds wait)
+          second = subprocess.run(_launch_args(workdir), cwd=REPO, env=env, capture_output=True,
+                                  text=True, timeout=300)
+          assert second.returncode == 1, second.stdout + second.stderr
+          assert (f"is in use by the run of process {proc.pid} on host {socket.gethostname()}"
+                  in second.stderr), second.stderr
+          assert "Traceback" not in second.stderr
+          proc.send_signal(signal.SIGCONT)
         time.sleep(rng.uniform(0.0, 0.05))  # somewhere in the next save or step
         proc.send_signal(signal.SIGKILL)
         kills += 1
