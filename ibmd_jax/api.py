@@ -33,7 +33,7 @@ from ibmd_jax.bridges import Bridge
 from ibmd_jax.denoiser import NetDenoiser, Predictor
 from ibmd_jax.ibmd import IBMD
 from ibmd_jax.optim import make_optimizer
-from ibmd_jax.train import Loop, run_loop
+from ibmd_jax.train import Loop, run_loop, safety_options
 from ibmd_jax.writer import MetricWriter
 
 
@@ -79,9 +79,7 @@ class DistillOptions:
                gen_optimizer=dict(dc.gen_optimizer), critic_optimizer=dict(dc.critic_optimizer),
                seed=int(config.seed), log_every=int(config.log_every), checkpoint_every=int(cc.every),
                keep=int(cc.keep), best_metric=str(cc.best_metric), best_mode=str(cc.best_mode),
-               start_over=bool(cc.start_over), min_free_mb=float(cc.min_free_mb),
-               divergence_factor=float(config.guard.divergence_factor),
-               divergence_window=int(config.guard.window))
+               **safety_options(config))
 
 
 def json_options(opts: DistillOptions) -> dict:

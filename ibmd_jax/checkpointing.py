@@ -11,12 +11,10 @@ one is used; nothing is ever deleted because a save or a restore failed.
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging as logging_std
 import os
 import shutil
-import threading
 import time
 from typing import Any, Optional
 
@@ -30,8 +28,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from ibmd_jax.bridges import Bridge
-from ibmd_jax.errors import (CheckpointMismatch, DiskFullError, NoRestorableCheckpoint,
-                             NonFiniteError)
+from ibmd_jax.errors import (DISK_ERRNOS, CheckpointMismatch, DiskFullError,
+                             NoRestorableCheckpoint, NonFiniteError)
 from ibmd_jax.models import model_defaults, resolve_model_config
 
 TEACHER_META = "teacher.json"
@@ -274,55 +272,39 @@ def _differences(saved: dict, current: dict, limit: int = 10) -> list[str]:
   return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
 
 
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _DISK_TEXTS = ("No space left", "Disk quota exceeded", "File too large")
 
 
-def _is_disk_error(e: BaseException) -> bool:
+def _disk_reason(e: Optional[BaseException]) -> Optional[str]:
+  """Why e (or an exception it was raised from) is a write that did not fit on its disk, or None
+  when it is not one. Orbax's TensorStore writes report it as text, Python's as an OSError."""
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
-      return True
-    if any(t in str(e) for t in _DISK_TEXTS):
-      return True
+    if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+      return os.strerror(e.errno)
+    text = next((t for t in _DISK_TEXTS if t in str(e)), None)
+    if text:
+      return text
     e = e.__cause__ or e.__context__
-  return False
+  return None
 
 
 class _QuietDiskErrors(logging_std.Filter):
-  """Drops Orbax's own tracebacks of a failed write when the disk is full (RunCheckpointer
-  reports it in one line instead); every other record passes."""
-
-  seen = False
+  """Drops Orbax's own logged tracebacks of a write that did not fit (RunCheckpointer reports it
+  in one line instead); every other record passes."""
 
   def filter(self, record) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
-    if (exc is not None and _is_disk_error(exc)) or any(t in record.getMessage()
-                                                         for t in _DISK_TEXTS):
-      _QuietDiskErrors.seen = True
-      return False
-    return True
+    return _disk_reason(exc) is None and not any(t in record.getMessage() for t in _DISK_TEXTS)
 
 
 _QUIET = _QuietDiskErrors()
-_previous_excepthook = threading.excepthook
-
-
-def _thread_excepthook(args):
-  """Orbax's writer threads die with the disk error (or, after it, on their closed event loop):
-  reported once by RunCheckpointer, not as one traceback per thread."""
-  if _is_disk_error(args.exc_value) or (_QuietDiskErrors.seen and isinstance(
-      args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value)):
-    _QuietDiskErrors.seen = True
-    return
-  _previous_excepthook(args)
 
 
 def _quiet_disk_errors():
   if _QUIET not in logging_std.getLogger("absl").filters:
     logging_std.getLogger("absl").addFilter(_QUIET)
-    threading.excepthook = _thread_excepthook
 
 
 def _by_process_0(fn, name: str):
@@ -331,16 +313,6 @@ def _by_process_0(fn, name: str):
     fn()
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"ibmd_jax_{name}")
-
-
-def _disk_reason(e: BaseException) -> str:
-  first, seen = e, set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
-      return os.strerror(e.errno)
-    e = e.__cause__ or e.__context__
-  return next((t for t in _DISK_TEXTS if t in str(first)), "disk full")
 
 
 def _nbytes(state) -> int:
@@ -409,9 +381,9 @@ class RunCheckpointer:
     """Saves at save_every multiples (or when forced); metrics feed the keep-best manager.
 
     data: the training data iterator (a grain DatasetIterator), whose position is saved beside the
-    state, or None. extra: more JSON for the meta. Raises NonFiniteError (nothing saved) for a state with a non-finite leaf and
-    DiskFullError (the previous checkpoints intact, no temporary directory left) when it does not
-    fit on its disk."""
+    state, or None. extra: more JSON for the meta. Raises NonFiniteError (nothing saved) for a
+    state with a non-finite leaf and DiskFullError (the previous checkpoints intact, no temporary
+    directory left) when it does not fit on its disk."""
     if step == self.manager.latest_step():  # already saved (periodic save at the last step)
       return False
     if not force and not self.manager.should_save(step):
@@ -424,7 +396,7 @@ class RunCheckpointer:
           f"checkpoints in {self.directory} are kept. Lower the learning rate or enable gradient "
           "clipping (optimizer.grad_clip)")
     self._check_space(step, state)
-    self._finish_previous(state)
+    self._finish_previous()
     meta = {**(extra or {}), "step": int(step), "tree": tree_signature(state), "checksum": sums,
             "config": self.fingerprint}
     try:
@@ -441,7 +413,7 @@ class RunCheckpointer:
       self._last_saved = step
     return saved
 
-  def _finish_previous(self, state: Any):
+  def _finish_previous(self):
     """Waits for the previous (background) save, so that its failure names its step."""
     if self._last_saved is None:
       return
@@ -461,7 +433,8 @@ class RunCheckpointer:
           f"the same command again; the checkpoints saved so far ({self.all_steps()}) are intact")
 
   def _raise_if_disk(self, e: BaseException, step: int, state: Any):
-    if not _is_disk_error(e):
+    reason = _disk_reason(e)
+    if reason is None:
       return
     self._drain()
     self._remove_tmp()
@@ -469,7 +442,7 @@ class RunCheckpointer:
     size = f"about {(_nbytes(state) >> 20) + 1} MiB: " if state else ""
     raise DiskFullError.with_cleanup(self._remove_tmp,
         f"the checkpoint of step {step} did not fit in {self.directory} ({size}"
-        f"{_disk_reason(e)}). "
+        f"{reason}). "
         "Free some space and run the same command again; the checkpoints saved before "
         f"({self.all_steps(reload=False)}) are intact and the partial one was removed") from None
 
@@ -550,7 +523,7 @@ class RunCheckpointer:
       if "tree" in meta and meta["tree"] != want:
         raise CheckpointMismatch(self._mismatch(step, meta, want))
       try:
-        items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        items = dict(state=ocp.args.StandardRestore(abstract_state))  # (meta: read above)
         has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
         if data is not None and has_data and hasattr(data, "set_state"):
           items["data"] = grain.checkpoint.CheckpointRestore(data)

@@ -4,6 +4,7 @@ Exit codes of `python -m launch.main`: 0 done; 1 a RunError (the message says wh
 bad config value or key; 75 stop_after_s reached and 143 SIGTERM (state saved: run the same
 command again). Any other exception is a bug and keeps its traceback.
 """
+import errno
 
 
 class RunError(Exception):
@@ -28,6 +29,15 @@ class NoRestorableCheckpoint(RunError):
 
 class NonFiniteError(RunError, FloatingPointError):
   """A step produced a non-finite (or diverging) state; nothing from it was saved."""
+
+
+class DivergenceError(NonFiniteError):
+  """A loss or gradient norm far past its running median: the config (e.g. its learning rate) is
+  the cause, not the state it started from."""
+
+
+# errno values of a write that did not fit (no space, quota, file size limit)
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class DiskFullError(RunError, OSError):

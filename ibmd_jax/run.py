@@ -28,7 +28,7 @@ from ibmd_jax.errors import ConfigError, TeacherMismatch
 from ibmd_jax.models import resolve_model_config
 from ibmd_jax.optim import make_optimizer
 from ibmd_jax.tasks import Task, make_task
-from ibmd_jax.train import Loop, make_deadline, run_loop
+from ibmd_jax.train import Loop, make_deadline, run_loop, safety_options
 from ibmd_jax.writer import MetricWriter
 
 MODES = checks.MODES
@@ -71,10 +71,7 @@ def train_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, 
   loop = Loop(name="teacher", step_fn=step_fn, state=planned,
               data=task.train_data("teacher", bs), total=int(tc.steps),
               total_name="teacher.steps", fingerprint=ckpt.flat_config(config),
-              start_over=bool(config.checkpoint.start_over),
-              min_free_mb=float(config.checkpoint.min_free_mb),
-              divergence_factor=float(config.guard.divergence_factor),
-              divergence_window=int(config.guard.window),
+              **safety_options(config),
               directory=os.path.join(workdir, "teacher_checkpoints"), mesh=mesh,
               key=jax.random.fold_in(key, 1), batch_size=1, rate_name="steps_per_s",
               save_every=int(tc.save_every), keep=int(config.checkpoint.keep),

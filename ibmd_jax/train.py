@@ -4,9 +4,10 @@
 run needs written once:
 - resume: the newest good checkpoint (state + data position) is the starting point; one written
   for another state tree stops the run (unless `start_over`, which moves them aside); a corrupt one
-  is skipped for the previous; when the first step after a resume is not finite, its checkpoint is
-  set aside and the run falls back once to the previous one; metrics logged after the restored step
-  by the interrupted run are superseded, so metrics.jsonl reads like one run;
+  is skipped for the previous; when the first step after a resume is not finite, the run tries the
+  checkpoint before once: if that one steps on, the later one is set aside, else the config is the
+  cause and the run stops; metrics logged after the restored step by the interrupted run are
+  superseded, so metrics.jsonl reads like one run;
 - checkpoints every `save_every` steps, at the end, on preemption (SIGTERM; on several hosts at
   the step of JAX's preemption sync point, through Orbax; exit 143) and after `stop_after_s`
   (exit 75: run the same command again to continue);
@@ -35,7 +36,8 @@ from jax.sharding import Mesh
 
 from ibmd_jax import sharding as shd
 from ibmd_jax.checkpointing import RunCheckpointer
-from ibmd_jax.errors import CheckpointMismatch, ConfigError, NoRestorableCheckpoint, NonFiniteError
+from ibmd_jax.errors import (CheckpointMismatch, ConfigError, DivergenceError,
+                             NoRestorableCheckpoint, NonFiniteError)
 from ibmd_jax.state import Planned
 from ibmd_jax.writer import MetricWriter
 
@@ -81,6 +83,11 @@ class Loop:
   divergence_factor: float = 0.0  # > 1: stop when a watched metric exceeds this × its median
   divergence_window: int = 50
   min_free_mb: float = 16.0  # a save that would leave less free space stops the run first
+
+  @property
+  def modes(self) -> tuple:
+    """The metrics.jsonl modes this loop logs (its own and its hooks')."""
+    return (self.name,) + tuple(self.metric_modes)
 
 
 class StopSignal:
@@ -156,7 +163,7 @@ class _Metrics:
       if len(hist) >= DIVERGENCE_MIN_STEPS:
         med = float(np.median(hist))
         if med > 0 and v > factor * med:
-          raise NonFiniteError(
+          raise DivergenceError(
               f"[{self.loop.name}] step {step} diverges: {k}={v:.3g} is {v / med:.3g} times its "
               f"median over the previous {len(hist)} steps (guard.divergence_factor={factor:g}); "
               "nothing from this step was saved. Lower the learning rate or enable gradient "
@@ -202,7 +209,7 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
     check_first = start > 0  # a resumed state's first step is checked before going on
     suspect, first_error = None, None  # a checkpoint whose first step was not finite
     if writer is not None:
-      writer.supersede((loop.name,) + tuple(loop.metric_modes), start)
+      writer.supersede(loop.modes, start)
     metrics = _Metrics(loop, writer, start)
     metrics.seed(meta.get("guard"))
     i = start
@@ -221,7 +228,7 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
         try:
           metrics.flush(on_ok=confirm)
         except NonFiniteError as e:
-          if "diverges" in str(e) or suspect is not None:
+          if isinstance(e, DivergenceError) or suspect is not None:
             raise _not_the_checkpoint(first_error or e, suspect, start) from None
           suspect, first_error = start, e
           start, state, meta = _fall_back(loop, manager, it, start, e)
@@ -290,7 +297,7 @@ def _set_aside(loop: Loop, manager: RunCheckpointer, writer, suspect: int, start
                error: Exception):
   aside = manager.set_aside(suspect)
   if writer is not None:
-    writer.supersede((loop.name,) + tuple(loop.metric_modes), start)
+    writer.supersede(loop.modes, start)
   print(f"warning: [{loop.name}] the first step after resuming from step {suspect} is not "
         f"finite ({error}), the first step from step {start} is: the checkpoint at step "
         f"{suspect} is suspect and was moved to {aside}; going on from step {start}", flush=True)
@@ -301,8 +308,8 @@ def _not_the_checkpoint(error: Exception, suspect: Optional[int], start: int) ->
     return error
   return NonFiniteError(
       f"{error} The run fell back once, from the checkpoint at step {suspect} to the one at step "
-      f"{start}, and its first step ({start + 1}) is not finite either: the checkpoints are not the cause (a "
-      "changed config, e.g. the learning rate, is); they are all kept as they were")
+      f"{start}, and its first step ({start + 1}) is not finite either: the checkpoints are not "
+      "the cause (a changed config, e.g. the learning rate, is); they are all kept as they were")
 
 
 def _stop_code(stop: StopSignal, loop: Loop, manager: RunCheckpointer, step: int) -> Optional[int]:
@@ -322,6 +329,14 @@ def _stop_code(stop: StopSignal, loop: Loop, manager: RunCheckpointer, step: int
     if late:
       return EXIT_RESUME
   return None
+
+
+def safety_options(config) -> dict:
+  """The Loop's (and DistillOptions') checkpoint-safety settings from a config."""
+  return dict(start_over=bool(config.checkpoint.start_over),
+              min_free_mb=float(config.checkpoint.min_free_mb),
+              divergence_factor=float(config.guard.divergence_factor),
+              divergence_window=int(config.guard.window))
 
 
 def make_deadline(stop_after_s: float) -> Optional[float]:

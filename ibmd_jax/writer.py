@@ -5,7 +5,6 @@ been dispatched, so writing never waits for the device). Only process 0 writes.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 
@@ -13,7 +12,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from ibmd_jax.errors import DiskFullError
+from ibmd_jax.errors import DISK_ERRNOS, DiskFullError
 
 try:  # TensorBoard event files without TensorFlow; optional
   from tensorboardX import SummaryWriter
@@ -75,7 +74,7 @@ class MetricWriter:
       with open(self.path, "a") as f:
         f.write(json.dumps(row) + "\n")
     except OSError as e:
-      if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+      if e.errno in DISK_ERRNOS:
         raise DiskFullError(f"could not append to {self.path} ({os.strerror(e.errno)}): free some "
                             "space and run the same command again; the checkpoints are intact"
                             ) from None
