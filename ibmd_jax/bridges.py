@@ -234,6 +234,9 @@ class Bridge:
     if nfe < 1:
       raise ValueError(f"nfe must be >= 1, got {nfe}")
     if self.kind == "i2sb":
+      if nfe >= self.n_steps:
+        raise ValueError(f"nfe={nfe} is too many for the I2SB bridge's {self.n_steps}-step grid: "
+                         f"at most {self.n_steps - 1} (I2SB's own default, interval - 1)")
       return np.asarray(space_indices(self.n_steps, nfe + 1)[::-1], np.float32)
     return np.linspace(self.T - self.t_start_offset, self.t_min, nfe + 1).astype(np.float32)
 

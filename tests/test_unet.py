@@ -187,3 +187,29 @@ def test_remat_gradients_match():
 
   for a, b in zip(jax.tree.leaves(grads(False)), jax.tree.leaves(grads(True))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("updown", [True, False])
+def test_matmul_conv_grad_matches_xla(updown):
+  """conv_grad='matmul' (the CPU weight gradient, models/conv.py) gives XLA's gradients and the
+  same forward pass; strided convolutions (Downsample) fall through to XLA's own."""
+  x, cond, _, t, label = _inputs(s=4)
+  cfg = dict(MICRO, resblock_updown=updown)
+  params = _random_params(UNet(**cfg), x, t, cond=cond, label=label)
+
+  def grads(conv_grad):
+    model = UNet(**dict(cfg, conv_grad=conv_grad))
+    loss = lambda p, x: jnp.mean(jnp.sin(model.apply({"params": p}, x, t, cond=cond,
+                                                       label=label)))
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+
+  (la, (ga, gxa)), (lb, (gb, gxb)) = grads("xla"), grads("matmul")
+  np.testing.assert_allclose(la, lb, rtol=1e-6)
+  np.testing.assert_allclose(gxa, gxb, rtol=1e-4, atol=1e-7)
+  flat_a, flat_b = jax.tree.leaves_with_path(ga), jax.tree.leaves(gb)
+  for (path, a), b in zip(flat_a, flat_b):
+    scale = float(jnp.abs(a).max()) + 1e-12
+    assert float(jnp.abs(a - b).max()) <= 1e-4 * scale, jax.tree_util.keystr(path)
+  assert sum(float(jnp.abs(a).sum()) for a in jax.tree.leaves(ga)) > 0
+  with pytest.raises(ValueError, match="conv_grad must be one of"):
+    UNet(**dict(cfg, conv_grad="fast")).init(jax.random.key(0), x, t, cond=cond, label=label)
