@@ -319,6 +319,61 @@ def pixel_features(x, seed: int = 0, num_filters: int = 32, kernel_size: int = 5
   return jnp.concatenate(feats, axis=-1)
 
 
+def _pyramid_jnp(x, num_levels: int) -> list:
+  """laplacian_pyramid in jax.numpy (same binomial filter, mirrored borders)."""
+  taps = jnp.asarray(_BINOMIAL5)
+
+  def blur(v):
+    h, w = v.shape[1:3]
+    p = jnp.pad(v, ((0, 0), (2, 2), (0, 0), (0, 0)), mode="reflect")
+    v = sum(taps[i] * p[:, i:i + h] for i in range(5))
+    p = jnp.pad(v, ((0, 0), (0, 0), (2, 2), (0, 0)), mode="reflect")
+    return sum(taps[i] * p[:, :, i:i + w] for i in range(5))
+
+  levels, cur = [], x
+  for _ in range(num_levels - 1):
+    down = blur(cur)[:, ::2, ::2]
+    up = jnp.zeros(cur.shape, cur.dtype).at[:, ::2, ::2].set(down)
+    levels.append(cur - 4.0 * blur(up))
+    cur = down
+  levels.append(cur)
+  return levels
+
+
+@functools.partial(jax.jit, static_argnames=("seed", "num_filters", "min_size"))
+def band_features(x, seed: int = 0, num_filters: int = 16, min_size: int = 8):
+  """Weight-free features that see sharpness, [N, H, W, C] in [-1, 1] -> [N, 2·F·L + 2C].
+
+  The image's Laplacian pyramid (band-pass levels down to `min_size` pixels, L of them, then the
+  low-pass residual); on each band, F fixed random zero-mean 3x3xC filters; per band and filter
+  the log energy ½·log(mean r² + 1e-6) and the sparsity log(mean |r|) − ½·log(mean r²) (edges are
+  sparse, noise is not); on the residual, each channel's mean and standard deviation. Logs make a
+  blur (finer bands lose energy) or added noise (they gain it) a large, roughly scale-free shift:
+  at 32x32, FD on these features puts a 5-tap binomial blur of the reference clearly farther away
+  than the reference's 4x bicubic-down / nearest-up input (bench: docs/results.md), where the
+  pooled random features of `pixel_features` barely separate them.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  size, levels = min(x.shape[1:3]), 1
+  while size // 2 >= min_size:
+    size //= 2
+    levels += 1
+  if levels < 2:
+    raise ValueError(f"band_features needs images of at least {2 * min_size}px, got {x.shape}")
+  w = jnp.asarray(_random_filters(seed, num_filters, 3, x.shape[-1]))
+  pyr = _pyramid_jnp(x, levels)
+  feats = []
+  for band in pyr[:-1]:
+    r = jax.lax.conv_general_dilated(band, w, (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=jax.lax.Precision.HIGHEST)
+    e = 0.5 * jnp.log(jnp.mean(r * r, axis=(1, 2)) + 1e-6)
+    feats += [e, jnp.log(jnp.mean(jnp.abs(r), axis=(1, 2)) + 1e-6) - e]
+  low = pyr[-1]
+  feats += [jnp.mean(low, axis=(1, 2)), jnp.std(low, axis=(1, 2))]
+  return jnp.concatenate(feats, axis=-1)
+
+
 def compute_features(images, features: Features = pixel_features, batch_size: int = 64
                      ) -> np.ndarray:
   """Features [N, D] as float64 numpy: `features` applied in fixed-size batches (the last one
