@@ -8,10 +8,11 @@
 #   bash bench/run_gpu.sh i2sb         # ~10 min: I2SB 256² compile cold/warm, rounds at B=16/4/8
 #   bash bench/run_gpu.sh sampling     # ~8 min: teacher NFE 1..1000 vs student 1/2/4 steps
 #   bash bench/run_gpu.sh sharded      # ~5 min: full-size layouts, sharded round on 8 CPU devices
-#   bash bench/run_gpu.sh bench64      # issue 6's real-image benchmark, 540 s of its stages per
-#                                      # call (repeat while the machine is warm: its state stays in
-#                                      # $BENCH64_ROOT); needs .whl/ (bash bench/gpu_wheels.sh here)
-#                                      # carried; $OUT gets the report, stages.json, log, eval tarball
+#   bash bench/run_gpu.sh bench64      # the real-image benchmark at 64² (docs/results.md), 510 s
+#                                      # of its stages per call (call again to continue: its state
+#                                      # stays in $BENCH64_ROOT); needs .whl/ (bash
+#                                      # bench/gpu_wheels.sh here) carried; $OUT gets the report,
+#                                      # stages.json and a tarball of the evaluations
 # Each part leaves $OUT/<part>.json (every result, merged), $OUT/<part>.md (the tables) and
 # $OUT/<part>.log: three files per part, within the tool's 8 files per call.
 #
@@ -132,17 +133,19 @@ part_sharded() {
       --out "$WORK/sharded/i2sb.json"
 }
 
-part_bench64() {  # issue 6: stages until 540 s are spent (exit 75: call again), then the report
-  local tasks=sr4,jpeg10,inpaint,sr4_vp extra=()
-  [[ "$TINY" == 1 ]] && { tasks=inpaint; extra=(--tiny); }
-  "$PY" bench/bench64.py --root="$B64_ROOT" --tasks="$tasks" --budget_s="${BENCH64_BUDGET:-540}" \
-      "${extra[@]}"
+part_bench64() {  # issue 20: the three setups of docs/results.md at 64² (variant gpu9, sized by
+  # the FLOP model for 9-minute calls): stages until 510 s are spent (exit 75: call again, the
+  # stages resume), then the report with bootstrap intervals and the checks
+  local tasks=${BENCH64_TASKS:-sr4,inpaint,sr4_vp} variant=${BENCH64_VARIANT:-gpu9}
+  [[ "$TINY" == 1 ]] && variant=tiny
+  "$PY" bench/bench64.py --root="$B64_ROOT" --tasks="$tasks" --budget_s="${BENCH64_BUDGET:-510}" \
+      --variant="$variant"
   local rc=$?
   "$PY" bench/bench64.py --root="$B64_ROOT" --tasks="$tasks" --report="$OUT/results_gpu.md" \
-      --grids_dir="$B64_ROOT/report_grids" || true
+      --grids_dir="$B64_ROOT/report_grids" --reps=200 || true
   cp "$B64_ROOT/stages.json" "$OUT/bench64_stages.json"
-  (cd "$B64_ROOT" && tar czf "$OUT/bench64_evals.tar.gz" report_grids */*/eval/metrics.json \
-      */*/eval/report.md */*.log 2>/dev/null) || true
+  (cd "$B64_ROOT" && tar czf "$OUT/bench64_evals.tar.gz" report_grids report.json \
+      */*/eval/metrics.json */*/eval/report.md */*.log 2>/dev/null) || true
   return $rc
 }
 

@@ -144,6 +144,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.is_splits = 10  # Inception-score splits (capped at the number of images)
   c.eval.grid_rows = 8  # examples shown in the image grids
   c.eval.grid_nfes = (1, 100)  # teacher-mode sample grid
+  # eval/outputs.npz: every set's outputs (uint8) and per-image PSNR / SSIM, for bootstrap
+  # intervals and paired comparisons across runs (ibmd_jax/eval/bootstrap.py, bench/bench64.py)
+  c.eval.save_outputs = False
+  # evaluate the generator as distillation starts it (the teacher's weights, zero noise weights)
+  # instead of a trained one: the control of the benchmark's checks
+  c.eval.untrained_student = False
 
   # Keep the last `keep` checkpoints; with best_metric set (a round metric, e.g. 'objective_gap'),
   # also keep the best one (averaged over each interval) in <workdir>/checkpoints_best.

@@ -5,6 +5,9 @@ teacher trained from scratch, distilled by IBMD, scored by PSNR / SSIM on held-o
   python -m launch.main --config=configs/bench64.py:sr4,2step --workdir=/tmp/bench_sr4_2step
   python -m launch.main --config=configs/bench64.py:sr4,tiny --workdir=/tmp/bench_tiny  # CPU
 
+Variants (further options): 'cpu32' (32x32, the 2-core CPU benchmark of docs/results.md),
+'gpu9' (64x64 with a schedule that fits one 9-minute H200 call per setup and a half, below), 'tiny'.
+
 Tasks (the first option): sr4 (I2SB bridge, 4x bicubic super-resolution), jpeg10 (I2SB, JPEG
 quality 10), inpaint (I2SB OT-ODE bridge, 32x32 centre hole, no noise input, as the paper's I2SB
 inpainting), sr4_vp (DDBM VP bridge conditioned on xT, 4x bicubic). Further options: '2step' (a
@@ -29,11 +32,18 @@ UNET = dict(model_channels=64, out_channels=3, num_res_blocks=2, channel_mult=(1
             num_classes=None, use_scale_shift_norm=True, resblock_updown=True)
 
 
+# The CPU benchmark's network at 32x32 (docs/results.md): levels 32/16/8, attention at 8.
+CPU32_UNET = dict(model_channels=32, num_res_blocks=1, channel_mult=(1, 1, 2),
+                  attention_resolutions=(4,), num_heads=2, num_head_channels=-1, dropout=0.0)
+
+
 def get_config(arg: str = "sr4"):
   task, _, rest = (arg or "sr4").partition(",")
   if task not in TASKS:
     raise ValueError(f"unknown bench64 task {task!r}; choose from {sorted(TASKS)}")
-  tiny, n_steps = images.parse_arg(rest)
+  opts = [o.strip() for o in rest.split(",") if o.strip()]
+  cpu32, gpu9 = "cpu32" in opts, "gpu9" in opts
+  tiny, n_steps = images.parse_arg(",".join(o for o in opts if o not in ("cpu32", "gpu9")))
   t = TASKS[task]
   layout = "legacy" if t["family"] == "i2sb" else "qkv_first"
   data = dict(kind="skimage", image_size=64, degradation=t["degradation"], num_workers=4)
@@ -42,12 +52,69 @@ def get_config(arg: str = "sr4"):
   c = images.make(family=t["family"], model=dict(UNET, attention_layout=layout), data=data,
                   rounds=2000, n_steps=n_steps or 1, z=t.get("z", True), bridge=t.get("bridge"),
                   teacher_source="train", teacher_steps=20_000, teacher_batch=64, teacher_lr=2e-4,
-                  batch_size=64, lr=5e-5, teacher_nfes=(1, 2, 4, 10, 100, 1000),
+                  batch_size=64, lr=5e-5,
+                  # I2SB's 1000-step grid allows at most 999 steps (its own default NFE)
+                  teacher_nfes=(1, 2, 4, 10, 100, 999 if t["family"] == "i2sb" else 1000),
                   student_steps=(1, 2), num_images=256, eval_batch=128, dtype="bfloat16")
   c.teacher.ema = 0.999
   c.teacher.optimizer.warmup_steps = 500
   c.teacher.optimizer.decay = "constant"
   c.checkpoint.every = 500
+  if cpu32:
+    _cpu32(c, n_steps or 1, "hole" in t)
+  if gpu9:
+    _gpu9(c)
   if tiny:
     images.shrink(c, hole=8 if "hole" in t else None)
   return c
+
+
+def _cpu32(c, n_steps: int, inpaint: bool) -> None:
+  """The 2-core CPU benchmark (docs/results.md): 32x32 crops, a 32-channel UNet, float32."""
+  c.data.image_size = c.model.image_size = 32
+  if inpaint:
+    c.data.hole = 16
+  c.data.num_workers = 0
+  c.model.update(CPU32_UNET)
+  c.model.dtype = "float32"
+  c.model.conv_grad = "matmul"
+  c.log_every = 50
+  c.teacher.steps = 800
+  c.teacher.batch_size = 32
+  c.teacher.ema = 0.995
+  c.teacher.optimizer.lr = 1e-3
+  c.teacher.optimizer.warmup_steps = 50
+  c.distill.rounds = 100
+  c.distill.batch_size = 8
+  c.distill.gen_optimizer.lr = c.distill.critic_optimizer.lr = 5e-4
+  c.checkpoint.every = 100
+  c.eval.num_images = 512
+  c.eval.batch_size = 32
+  c.eval.teacher_nfes = (1, 2, 4, 10, 100)
+  c.eval.grid_nfes = (1, 100)
+
+
+# The one-call H200 variant ('gpu9', bench/run_gpu.sh bench64): three setups' stages in 9 minutes.
+# Sized with bench/flops.py (tests/test_bench64.py re-derives it): a 64² forward of UNET is 13.5
+# GFLOP per image; a teacher step at batch 64 is 2.6 TFLOP, an IBMD round at batch 64 23.2 TFLOP
+# (1 step) / 30.0 (2 steps), the evaluation 512 images x 117 NFE = 0.81 PFLOP per teacher sampler.
+# At an assumed 20 % of the H200's 989 dense bf16 TFLOP/s, a setup's stages compute for about
+# 50 s (gpu9_seconds); with an assumed 20 s of start-up and compilation for each of its six stage
+# processes, a setup takes ~170 s and the three ~510 s, the call's budget. Both assumptions are
+# unmeasured (no GPU was lent while this was written): if they are off, the call ends with exit
+# 75 after saving, and the same command again continues.
+GPU9 = dict(teacher_steps=1500, rounds=100, batch=64, util=0.20, peak_tflops=989.0,
+            overhead_s=20.0, stages=6)
+
+
+def _gpu9(c) -> None:
+  c.teacher.steps = GPU9["teacher_steps"]
+  c.teacher.batch_size = c.distill.batch_size = GPU9["batch"]
+  c.teacher.optimizer.warmup_steps = 100
+  c.teacher.ema = 0.995
+  c.distill.rounds = GPU9["rounds"]
+  c.checkpoint.every = 1000
+  c.eval.num_images = 512
+  c.eval.batch_size = 256
+  c.eval.teacher_nfes = (1, 2, 4, 10, 100)
+  c.eval.grid_nfes = (1, 100)

@@ -180,8 +180,11 @@ def run(config, workdir: str) -> dict:
     if config.mode in ("distill", "pipeline"):
       out["state"] = distill(config, workdir, task, teacher, writer, mesh, deadline)
     if config.mode in ("eval", "pipeline"):
-      gen = (out["state"].gen_ema if "state" in out
-             else saved_generator(config, workdir, task, teacher, mesh))
+      if config.eval.get("untrained_student", False):
+        gen = init_distill_state(config, task, teacher, mesh)[0].gen_ema
+      else:
+        gen = (out["state"].gen_ema if "state" in out
+               else saved_generator(config, workdir, task, teacher, mesh))
       out["eval"] = evaluate_lib.evaluate(config, workdir, task, teacher, gen, writer, mesh)
     return out
   finally:

@@ -8,9 +8,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bench import bench64
+from ibmd_jax.eval import metrics
 from ibmd_jax import run as runner
 from tests.test_image_tasks import load_config
 
@@ -20,25 +22,30 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ---------------------------------------------------------------------- stage commands
 def test_stage_commands_share_one_teacher_and_split_the_evaluation(tmp_path):
   root = str(tmp_path)
-  cmds = {s: bench64.stage_command(root, "inpaint", s, tiny=False, sets=["seed=3"],
+  cmds = {s: bench64.stage_command(root, "inpaint", s, variant="full", sets=["seed=3"],
                                    stop_after_s=300.0) for s in bench64.STAGES}
   teacher_dir = os.path.join(root, "inpaint", "teacher", "teacher")
   argv, wd = cmds["teacher"]
   assert wd == os.path.join(root, "inpaint", "teacher")
   assert "--config.mode=teacher" in argv and "--config.stop_after_s=300" in argv
   assert argv[-1] == "--config.stop_after_s=300" and "--config.seed=3" in argv
-  for s in ("1step", "2step", "eval1", "eval2"):
+  dirs = {"1step": "1step", "2step": "2step", "eval1": "1step", "eval2": "2step",
+          "eval0": "untrained"}
+  for s, sub in dirs.items():
     argv, wd = cmds[s]
     assert f"--config.teacher.checkpoint={teacher_dir}" in argv
-    assert wd.endswith("2step" if s in ("2step", "eval2") else "1step")
+    assert wd == os.path.join(root, "inpaint", sub)
     assert any(a.endswith("configs/bench64.py:inpaint" + (",2step" if "2" in s else ""))
                for a in argv), argv
     assert ("--config.stop_after_s=300" in argv) == (s in ("1step", "2step"))  # eval: whole
+    assert ("--config.eval.save_outputs=True" in argv) == s.startswith("eval")
+    assert ("--config.eval.teachers=()" in argv) == (s in ("eval0", "eval2"))
   assert "--config.eval.student_steps=(1,)" in cmds["eval1"][0]
   assert "--config.eval.student_steps=(2,)" in cmds["eval2"][0]
-  assert "--config.eval.teacher_nfes=(1,100)" in cmds["eval2"][0]
-  assert any(a.endswith("bench64.py:sr4,tiny,2step") for a in bench64.stage_command(
-      root, "sr4", "2step", tiny=True, sets=[], stop_after_s=0)[0])
+  assert "--config.eval.untrained_student=True" in cmds["eval0"][0]
+  for variant in ("tiny", "cpu32"):
+    assert any(a.endswith(f"bench64.py:sr4,{variant},2step") for a in bench64.stage_command(
+        root, "sr4", "2step", variant=variant, sets=[], stop_after_s=0)[0])
 
 
 def _run(*args):
@@ -51,10 +58,10 @@ def test_runner_stops_with_75_when_the_budget_cannot_start_a_stage(tmp_path):
   assert r.returncode == bench64.EXIT_RESUME, r.stderr
   assert "sr4/teacher needs 60 s to start: run again to continue" in r.stdout
   rec = json.load(open(tmp_path / "stages.json"))
-  assert rec["done"] == {} and rec["calls"] == [] and rec["tiny"] is False
+  assert rec["done"] == {} and rec["calls"] == [] and rec["variant"] == "full"
   # The same root with other options would mix two benchmarks: refused, nothing touched.
-  r = _run(f"--root={tmp_path}", "--tasks=sr4", "--tiny")
-  assert r.returncode != 0 and "was started with tiny=False" in r.stderr
+  r = _run(f"--root={tmp_path}", "--tasks=sr4", "--variant=cpu32")
+  assert r.returncode != 0 and "was started with variant=full" in r.stderr
   assert json.load(open(tmp_path / "stages.json")) == rec
   r = _run(f"--root={tmp_path}", "--tasks=sr8")
   assert r.returncode == 2 and "unknown task(s) ['sr8']" in r.stderr
@@ -63,71 +70,70 @@ def test_runner_stops_with_75_when_the_budget_cannot_start_a_stage(tmp_path):
 
 
 # ---------------------------------------------------------------------- report and checks
-def _row(psnr, ssim, swd, fd, kid, kid_std=0.001, s=None):
-  r = {"psnr": psnr, "ssim": ssim, "swd": swd, "fd_pixel": fd, "kid_pixel": kid,
-       "kid_pixel_std": kid_std}
-  if s is not None:
-    r["s_per_sample"] = s
-  return r
+def _photos(n=64, size=32):
+  from ibmd_jax import data
+  ds = data.map_dataset(dict(kind="skimage", image_size=size, degradation="sr4_bicubic"),
+                        "test", 0)
+  return np.stack([ds[int(i)]["x0"] for i in np.linspace(0, len(ds) - 1, n).round()])
 
 
-def _evals(s1_swd=0.052, s2_swd=0.0505):
-  teacher = {str(n): _row(20 + n / 100, 0.5, 0.05 + 0.01 / n, 1.0 + 1.0 / n, 0.01 + 0.01 / n,
-                          s=0.01 * n) for n in (1, 2, 4, 10, 100, 1000)}
-  base = {"split": "test", "num_images": 256, "image_size": 64, "devices": 1,
-          "device_kind": "NVIDIA H100", "jax": "0.11.2", "teacher": teacher,
-          "input": _row(15.0, 0.2, 0.3, 9.0, 0.4), "reference": _row(math.inf, 1.0, 0.01, 0.0, 0.0)}
-  ev1 = dict(base, student={"1": _row(21.0, 0.55, s1_swd, 1.02, 0.0101, s=0.01)})
-  ev2 = dict(base, student={"2": _row(21.5, 0.56, s2_swd, 1.01, 0.0100, s=0.02)})
-  return ev1, ev2
+def _u8(x):
+  return np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
-def test_checks_apply_the_benchmark_tolerances():
-  ev1, ev2 = _evals()
-  res = bench64.checks(ev1, ev2)
-  assert [w.split(" NFE")[0] for w, _, _ in res] == [
-      "1-step student within 10% of the teacher at 100", "2-step student within 5% of the "
-      "teacher at 100", "1-step student at least as good as the teacher at 4", "teacher at 1000"]
-  assert all(ok for _, ok, _ in res)
-  # teacher at 100 NFE: swd 0.0501, fd 1.01, kid 0.0101 (KID's bound adds the student's std).
-  assert res[0][2] == "swd 0.052 vs 0.0501 (≤ 0.05511); fd 1.02 vs 1.01 (≤ 1.111); " \
-                      "kid 0.0101 vs 0.0101 (≤ 0.01211)"
-  assert res[2][2].startswith("swd 0.052 vs 0.0525 (≤ 0.0525)")
-  ev1, ev2 = _evals(s1_swd=0.0552, s2_swd=0.0527)  # 10.2% and 5.2% above the teacher's 0.0501
-  res = bench64.checks(ev1, ev2)
-  assert [ok for _, ok, _ in res] == [False, False, False, True]  # 0.0552 > teacher@4 0.0525 too
-  ev1, ev2 = _evals()
-  ev1["teacher"]["1000"]["ssim"] = 0.1  # below the input's 0.2: the benchmark measures nothing
-  assert not bench64.checks(ev1, ev2)[-1][1]
+def _fake_bench(root, task, student_like="teacher/100"):
+  """outputs.npz of eval1 / eval2 / eval0 built from the held-out photographs: the input a heavy
+  blur, the teacher at 1 NFE a light blur, at 100 NFE the reference plus faint noise."""
+  ref = _photos()
+  rng = np.random.default_rng(0)
+  blur = metrics._blur5
+  sets = {"reference": ref, "input": blur(blur(blur(ref))), "teacher/1": blur(ref),
+          "teacher/2": blur(ref) * 0.8 + ref * 0.2,
+          "teacher/100": np.clip(ref + 0.005 * rng.standard_normal(ref.shape), -1, 1)}
+  sets = {k: _u8(v) for k, v in sets.items()}
+  sets["student/1"] = sets[student_like]
+  d1 = root / task / "1step" / "eval"
+  d1.mkdir(parents=True)
+  np.savez(d1 / "outputs.npz", **sets)
+  json.dump({"split": "test", "image_size": 32, "devices": 1, "device_kind": "cpu",
+             "jax": "0.10.2", "labels": {"teacher": "teacher (DDPM)"},
+             "teacher": {"1": {"s_per_sample": 0.01}}, "student": {"1": {"s_per_sample": 0.01}}},
+            open(d1 / "metrics.json", "w"))
+  for sub, name, like in (("2step", "student/2", "teacher/100"), ("untrained", "student/1",
+                                                                    "teacher/1")):
+    d = root / task / sub / "eval"
+    d.mkdir(parents=True)
+    np.savez(d / "outputs.npz", reference=sets["reference"], input=sets["input"],
+             **{name: sets[like]})
 
 
-def test_report_writes_tables_checks_and_grids(tmp_path):
+def test_report_computes_intervals_and_checks(tmp_path):
   root = tmp_path / "bench"
-  for task in ("sr4", "jpeg10"):
-    for wd, ev in zip(("1step", "2step"), _evals()):
-      d = root / task / wd / "eval"
-      d.mkdir(parents=True)
-      json.dump(ev, open(d / "metrics.json", "w"))
-      (d / f"grid_student{wd[0]}.png").write_bytes(b"png")
+  _fake_bench(root, "sr4")
   json.dump({"done": {"sr4/teacher": {"s": 300.0}, "sr4/eval1": {"s": 60.0}}, "calls": [{}] * 3},
             open(root / "stages.json", "w"))
   out = tmp_path / "docs" / "results.md"
   out.parent.mkdir()
-  assert bench64.main([f"--root={root}", "--tasks=sr4,jpeg10", f"--report={out}"]) == 0
+  assert bench64.main([f"--root={root}", "--tasks=sr4", f"--report={out}", "--reps=40"]) == 0
   text = out.read_text()
-  # The evaluation report's table (report.format_table), both students in it.
-  assert text.count("| IBMD student (1- and 2-step generators) | 1 | 21.00 | 0.5500 | 0.052 | 1.02 | 0.0101 ± 0.001 | 0.01 |") == 2
-  assert text.count("| IBMD student (1- and 2-step generators) | 2 | 21.50 | 0.5600 | 0.0505 | 1.01 | 0.01 ± 0.001 | 0.02 |") == 2
-  assert "| teacher | 1000 | 30.00 |" in text and "| reference (itself) | – | inf |" in text
-  assert "| sampler | NFE | PSNR ↑ | SSIM ↑ | SWD ↓ | FD pix ↓ | KID pix ↓ | s / sample |" in text
-  assert "1 × NVIDIA H100 (JAX 0.11.2)" in text and "teacher 300, eval1 60" in text
-  assert "Stage time in all: 360 s (6.0 min) over 3 calls." in text
-  assert text.count("✅") == 8 and "❌" not in text
-  assert (tmp_path / "docs" / "results" / "jpeg10_grid_student2.png").read_bytes() == b"png"
-  assert "](results/sr4_grid_student1.png)" in text
-  # A task without its evaluations is listed, and the report says it is not complete (exit 1).
-  assert bench64.main([f"--root={root}", "--tasks=sr4,inpaint", f"--report={out}"]) == 1
-  assert "Not evaluated yet: inpaint." in out.read_text()
+  assert "| sampler | NFE | PSNR ↑ | SSIM ↑ | SWD ↓ | FD band ↓ | KID band ↓ | s / image |" in text
+  assert "| teacher (DDPM) | 100 | " in text and "| generator, never updated (control) | 1 |" in text
+  assert "64 held-out test crops of 32²" in text and "teacher 300, eval1 60" in text
+  checks = json.load(open(root / "report.json"))["sr4"]["checks"]
+  assert [c["check"] for c in checks] == ["a", "a", "a", "b", "c", "c", "c", "c", "d"]
+  assert all(c["ok"] for c in checks), checks
+  assert text.count("✅") == 9 and "❌" not in text
+  assert (tmp_path / "docs" / "results" / "sr4_grid.png").exists()
+  # a student that is the one-step teacher fails c (and the report exits 1); a missing task is
+  # listed as not evaluated
+  root2 = tmp_path / "bench2"
+  _fake_bench(root2, "sr4", student_like="teacher/1")
+  (root2 / "stages.json").write_text(json.dumps({"done": {}, "calls": []}))
+  assert bench64.main([f"--root={root2}", "--tasks=sr4,inpaint", f"--report={out}",
+                       "--reps=40"]) == 1
+  checks = json.load(open(root2 / "report.json"))["sr4"]["checks"]
+  assert [c["ok"] for c in checks if c["check"] == "c"] == [False, False, False, True]
+  assert "Not evaluated yet: inpaint" in out.read_text()
 
 
 # ---------------------------------------------------------------------- a CPU-sized setup
@@ -135,65 +141,71 @@ def _cpu_inpainting(rounds: int):
   c = load_config("bench64", "inpaint,tiny")
   c.teacher.steps = 400
   c.distill.rounds = rounds
+  c.distill.gen_optimizer.lr = c.distill.critic_optimizer.lr = 5e-4
   c.log_every = 100
-  c.eval.teacher_nfes = (1, 4)
+  c.eval.teacher_nfes = (1, 2, 4)
   c.eval.student_steps = (1,)
   c.eval.num_images = 32
   c.eval.batch_size = 16
+  c.eval.save_outputs = True
   return c
 
 
-def _student_checks(ev) -> list:
-  """What the short CPU run must show of its 1-step student; returns the checks that fail."""
-  t1, t4, s1 = ev["teacher"]["1"], ev["teacher"]["4"], ev["student"]["1"]
-  failed = []
-  if not s1["psnr"] > t1["psnr"] - 0.5:
-    failed.append("keeps the teacher's one-step PSNR")
-  if not s1["fd_pixel"] < 0.98 * t1["fd_pixel"]:
-    failed.append("FD below the one-step teacher's (= the generator it started as)")
-  if not s1["swd"] < 1.1 * t1["swd"]:
-    failed.append("SWD within 10 % of the one-step teacher's")
-  if not (s1["swd"] > t4["swd"] and s1["fd_pixel"] > t4["fd_pixel"]):
-    failed.append("not better than the 4-NFE teacher it distils (a sanity bound)")
-  return failed
+def test_reduced_benchmark_claims_point_the_right_way(tmp_path):
+  """The benchmark's claims (docs/results.md, bench/bench_report.py) in their direction, on a run
+  of the tiny inpainting setup (16², a 32-channel teacher trained 400 steps, 30 IBMD rounds, 32
+  held-out crops): (a) the teacher at its best NFE beats the degraded input on FD and SWD, (b)
+  more NFE helps the teacher, (c) the 1-step student beats the teacher at NFE 1, not its best
+  NFE, (d) the never-updated generator does not beat the teacher at NFE 1. The metrics are the
+  report's (band-feature FD, pyramid SWD), computed from the runs' saved outputs; with 32 images
+  the intervals are wide, so this asserts directions only and the benchmark proper decides.
+  Measured (2 cores): FD input 149, teacher at NFE 1 / 2 / 4: 32.1 / 14.9 / 7.96, student 30.9,
+  never-updated generator 32.1; ~3 min alone."""
+  from bench import bench_report
+  c = _cpu_inpainting(30)
+  runner.run(c, str(tmp_path / "1step"))
+  c0 = _cpu_inpainting(30)
+  c0.mode, c0.eval.untrained_student, c0.eval.teachers = "eval", True, ()
+  c0.teacher.source, c0.teacher.checkpoint = "checkpoint", str(tmp_path / "1step" / "teacher")
+  runner.run(c0, str(tmp_path / "untrained"))
+  sets, _ = bench_report.load(str(tmp_path), "")
+  b, rows = bench_report.analyse(sets, reps=20)
+  fd = {k: v["fd"]["value"] for k, v in rows.items()}
+  swd = {k: v["swd"]["value"] for k, v in rows.items()}
+  print({k: (round(fd[k], 3), round(swd[k], 4)) for k in fd})
+  best = min(("teacher/1", "teacher/2", "teacher/4"), key=fd.get)
+  assert fd[best] < 0.5 * fd["input"] and swd[best] < 0.5 * swd["input"]  # (a)
+  assert best != "teacher/1" and fd[best] < 0.8 * fd["teacher/1"]  # (b)
+  assert fd["student/1"] < 0.98 * fd["teacher/1"], fd  # (c) measured 0.963 (30.9 vs 32.1)
+  assert fd["student/1"] > fd[best], fd  # 30 rounds do not reach the best teacher
+  assert fd["untrained/1"] == pytest.approx(fd["teacher/1"], rel=0.02)  # (d)
 
 
-def test_cpu_inpainting_benchmark_restores_and_the_student_improves(tmp_path):
-  """bench64:inpaint at 16² on CPU: a 32-channel teacher trained 400 steps on crops of the
-  training photographs, distilled for 20 rounds, scored on 32 crops of the held-out photographs.
-  Measured (this configuration, JAX 0.10.2 CPU, constraints.txt): input PSNR 10.7 / SWD 0.338 /
-  FD 13.4, teacher at 1 NFE 26.1 / 0.076 / 0.60, at 4 NFE 30.6 / 0.052 / 0.21, 1-step student
-  26.2 / 0.076 / 0.58. The generator before any update is the teacher's one-step output (no
-  noise input here), so it fails the FD check; the slow test below runs it to show that."""
-  ev = runner.run(_cpu_inpainting(20), str(tmp_path / "run"))["eval"]
-  inp, t1, t4, s1 = ev["input"], ev["teacher"]["1"], ev["teacher"]["4"], ev["student"]["1"]
-  # The benchmark measures something: the teacher restores the hole (input: noise in it).
-  for row in (t1, t4, s1):
-    assert row["psnr"] > inp["psnr"] + 10.0, (row, inp)
-    assert row["swd"] < 0.5 * inp["swd"] and row["fd_pixel"] < 0.2 * inp["fd_pixel"]
-  assert t4["psnr"] > t1["psnr"] + 1.0 and t4["swd"] < t1["swd"]  # more NFE helps the teacher
-  assert _student_checks(ev) == [], (t1, s1)
-  assert ev["reference"]["swd"] < t4["swd"]  # the floor is below what the samplers reach
-  assert os.path.exists(tmp_path / "run" / "eval" / "grid_student1.png")
+def gpu9_seconds(task: str) -> float:
+  """The FLOP model's estimate of one setup's gpu9 stages on one H200 (configs/bench64.py GPU9)."""
+  from bench import flops
+  from configs import bench64 as cfg
+  g = cfg.GPU9
+  c = load_config("bench64", f"{task},gpu9")
+  unet = dict(cfg.UNET)
+  cond = 3 if c.conditional else 0
+  z = 3 if int(c.distill.z_channels) else 0
+  fwd = flops.unet_forward_flops(unet, 64, 3 + cond)["total"]
+  total = 3 * fwd * c.teacher.batch_size * c.teacher.steps
+  for n in (1, 2):
+    r = flops.ibmd_round_flops(unet, 64, 3 + cond, 3 + cond + z, critic_steps=5,
+                               batch=c.distill.batch_size, n_steps=n,
+                               multistep=str(c.distill.multistep))
+    total += r["hardware_flops_per_round"] * c.distill.rounds
+  samplers = len(c.eval.teacher_etas) or 1
+  total += samplers * fwd * c.eval.num_images * sum(c.eval.teacher_nfes)
+  return total / (g["util"] * g["peak_tflops"] * 1e12) + g["stages"] * g["overhead_s"]
 
 
-@pytest.mark.slow
-def test_the_student_checks_fail_for_a_generator_that_is_never_updated(tmp_path):
-  """The same setup with rounds = 0: the evaluated generator is the initial one."""
-  ev0 = runner.run(_cpu_inpainting(0), str(tmp_path / "frozen"))["eval"]
-  assert ev0["student"]["1"]["fd_pixel"] == pytest.approx(ev0["teacher"]["1"]["fd_pixel"],
-                                                         rel=0.02)
-  assert _student_checks(ev0) != [], ev0["student"]["1"]
-
-
-@pytest.mark.slow
-def test_cpu_inpainting_distillation_improves_the_one_step_student(tmp_path):
-  """With 300 rounds (~10 min on 2 cores) IBMD moves the 1-step student from the teacher's
-  one-step output towards its multi-step samples. Measured: teacher at 1 NFE PSNR 26.13 / SWD
-  0.0762 / FD 0.599, student 27.11 / 0.0695 / 0.458 (teacher at 2 NFE 29.33 / 0.0573 / 0.281)."""
-  c = _cpu_inpainting(300)
-  c.eval.teacher_nfes = (1, 2)
-  ev = runner.run(c, str(tmp_path))["eval"]
-  t1, s1 = ev["teacher"]["1"], ev["student"]["1"]
-  assert s1["psnr"] > t1["psnr"] + 0.5
-  assert s1["swd"] < 0.95 * t1["swd"] and s1["fd_pixel"] < 0.85 * t1["fd_pixel"]
+def test_gpu9_schedule_fits_one_call_by_the_flop_model():
+  """The three setups of the one-call GPU benchmark fit its 510-s budget under GPU9's
+  assumptions (bench/run_gpu.sh bench64)."""
+  secs = {t: gpu9_seconds(t) for t in ("sr4", "inpaint", "sr4_vp")}
+  print(secs)
+  assert sum(secs.values()) <= 540, secs
+  assert all(s > 100 for s in secs.values()), secs  # and the schedule is not empty

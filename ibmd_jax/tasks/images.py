@@ -247,7 +247,8 @@ class ImageScorer:
           lambda v, x: resnet.ResNet50(nc).apply(v, resnet.preprocess_imagenet(rgb(x))),
           in_shardings=(rep, bsh), out_shardings=bsh)
     self.ref_inception = self.extract.get("pool", False) or "is" in want
-    self.keep = max(opts.grid_rows, min(opts.swd_images, evset.n))
+    self.save_outputs = bool(evset.task.config.eval.get("save_outputs", False))
+    self.keep = evset.n if self.save_outputs else max(opts.grid_rows, min(opts.swd_images, evset.n))
     self.acc: dict[str, _Accumulator] = {}
 
   def _stat_path(self, fname: str) -> str:
@@ -334,25 +335,43 @@ class ImageScorer:
             "reference": ("reference (itself)", self.summarise("reference"))}
 
   def artifacts(self, out_dir, results):
-    """The grids: input | student | teacher at its best NFE | reference, one per student."""
+    """The grids: input | student | teacher at its best NFE | reference, one per student; with
+    eval.save_outputs, outputs.npz."""
+    if self.save_outputs:
+      self.write_outputs(os.path.join(out_dir, "outputs.npz"))
     rows = self.opts.grid_rows
-    best = best_teacher(results)
-    results["best_teacher_nfe"] = int(best)
     ref = self.acc["reference"].kept_images()[:rows]
     inp = self.acc["input"].kept_images()[:rows]
-    teacher = (f"teacher NFE {best}", self.acc[f"teacher/{best}"].kept_images()[:rows])
+    teacher = []
+    if results.get("teacher"):
+      best = best_teacher(results)
+      results["best_teacher_nfe"] = int(best)
+      teacher = [(f"teacher NFE {best}", self.acc[f"teacher/{best}"].kept_images()[:rows])]
     grids = []
     for c in results["student"] or [None]:
       if c is None:
-        name, cols = "grid_teacher.png", [("input", inp), teacher, ("reference", ref)]
+        name, cols = "grid_teacher.png", [("input", inp), *teacher, ("reference", ref)]
       else:
         name = f"grid_student{c}.png"
         cols = [("input", inp), (f"student {c}-step", self.acc[f"student/{c}"].kept_images()[:rows]),
-                teacher, ("reference", ref)]
+                *teacher, ("reference", ref)]
       report.save_grid(os.path.join(out_dir, name), cols, rows)
       grids.append((name, name, "columns: " + " | ".join(n for n, _ in cols)))
     results["grids"] = [g[1] for g in grids]
     return grids
+
+  def write_outputs(self, path: str) -> None:
+    """Every set's outputs [N, H, W, C] uint8 under its name ('teacher/100', 'student/1',
+    'input', 'reference', ...) and its per-image 'psnr:<name>' / 'ssim:<name>'."""
+    arrays = {}
+    for name, a in self.acc.items():
+      arrays[name] = a.kept_images()
+      for m in ("psnr", "ssim"):
+        if a.get(m) is not None and name != "reference":
+          arrays[f"{m}:{name}"] = a.get(m).astype(np.float64)
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
 
   def plot_panels(self, results):
     return [(m, PLOT_LABELS[m], m != "psnr")
