@@ -176,6 +176,25 @@ def grid(path: str, sets: dict, rows: dict, n: int = 8) -> None:
   report_lib.save_grid(path, [(t, sets[k]["images"][idx]) for k, t in cols if k in sets], n)
 
 
+BEGIN, END = "<!-- report:begin -->", "<!-- report:end -->"
+
+
+def _write_between_markers(path: str, text: str) -> None:
+  """The report replaces what lies between BEGIN and END of an existing file (a document that
+  explains the benchmark around its numbers), else it is the whole file."""
+  body = text + "\n"
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+    if BEGIN in old and END in old:
+      head, rest = old.split(BEGIN, 1)
+      body = head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(body)
+  os.replace(tmp, path)
+
+
 def write(root: str, tasks, path: str, grids_dir: str, rec: dict, command: str,
           reps: int = 200) -> int:
   from bench.bench64 import STAGES, TITLES  # pylint: disable=g-import-not-at-top
@@ -213,8 +232,7 @@ def write(root: str, tasks, path: str, grids_dir: str, rec: dict, command: str,
             f"{len(rec['calls'])} calls."]
   if missing:
     lines.append(f"Not evaluated yet: {'; '.join(missing)}.")
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  _write_between_markers(path, "\n".join(lines))
   with open(os.path.join(root, "report.json"), "w") as f:
     json.dump(summary, f, indent=1)
   print("\n".join(lines))

@@ -79,12 +79,12 @@ def _cpu32(c, n_steps: int, inpaint: bool) -> None:
   c.model.dtype = "float32"
   c.model.conv_grad = "matmul"
   c.log_every = 50
-  c.teacher.steps = 800
+  c.teacher.steps = 400
   c.teacher.batch_size = 32
   c.teacher.ema = 0.995
   c.teacher.optimizer.lr = 1e-3
   c.teacher.optimizer.warmup_steps = 50
-  c.distill.rounds = 100
+  c.distill.rounds = 50
   c.distill.batch_size = 8
   c.distill.gen_optimizer.lr = c.distill.critic_optimizer.lr = 5e-4
   c.checkpoint.every = 100

@@ -35,7 +35,7 @@ def format_table(results: dict, columns: list) -> str:
       return "–"
     s = format(v, spec)
     std = row.get(key + "_std")
-    return s + (f" ± {std:.2g}" if std is not None else "")
+    return s + (f" ± {std:.2g}" if std is not None and np.isfinite(std) else "")
 
   for label, count, row in rows:
     t = f"{row['s_per_sample']:.3g}" if "s_per_sample" in row else "–"

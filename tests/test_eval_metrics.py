@@ -129,6 +129,9 @@ def test_kid_unbiased_near_zero_for_one_distribution():
   assert shifted_mean > 20 * abs(same_mean) and shifted_mean > 0.05
   # deterministic for a seed
   assert metrics.kid(x, y, 5, 100, seed=3) == metrics.kid(x, y, 5, 100, seed=3)
+  # subsets as large as both sets are all the same set: one value, no (fake) spread
+  whole, spread = metrics.kid(x[:50], y[:50], num_subsets=100, subset_size=1000)
+  assert np.isnan(spread) and whole == metrics.kid(x[:50], y[:50], 1, 50)[0]
 
 
 def test_inception_score_extremes():

@@ -240,7 +240,8 @@ def kid(f1, f2, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
   """Kernel Inception Distance: mean and std over random subsets of the unbiased MMD^2 with the
   polynomial kernel k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018). Expected value 0 for two
   samples of one distribution (it can come out slightly negative). subset_size is capped at the
-  smaller set's size."""
+  smaller set's size; when that takes both whole sets, every subset is the same: one is computed
+  and the std is nan (no spread to report; ibmd_jax.eval.bootstrap gives intervals)."""
   a = np.asarray(f1, np.float64)
   b = np.asarray(f2, np.float64)
   d = a.shape[1]
@@ -248,6 +249,8 @@ def kid(f1, f2, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
   if m < 2:
     raise ValueError("KID needs at least 2 samples per set")
   rng = np.random.default_rng(seed)
+  if m == len(a) == len(b):
+    num_subsets = 1
   vals = np.empty(num_subsets)
   for i in range(num_subsets):
     x = a[rng.choice(len(a), m, replace=False)]
@@ -258,7 +261,7 @@ def kid(f1, f2, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
     vals[i] = ((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
                + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
                - 2.0 * kxy.mean())
-  return float(vals.mean()), float(vals.std())
+  return float(vals.mean()), (float(vals.std()) if num_subsets > 1 else float("nan"))
 
 
 def inception_score(logits, splits: int = 10) -> tuple[float, float]:
