@@ -25,6 +25,9 @@ setuptools.setup(
         "matplotlib>=3.7",
     ],
     extras_require={
+        # libtpu's compile-only client for compile mode (--config.mode=compile, ibmd_jax/aot.py):
+        # the TPU build matching the installed jax (its 'tpu' extra pins libtpu).
+        "tpu": ["jax[tpu]"],
         # TFDS is only needed for the TFDS data sources (imagenet2012 etc.).
         "tfds": ["tensorflow-datasets>=4.9"],
         # scikit-image / scikit-learn ship the real photographs used by the image demo and the

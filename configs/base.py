@@ -79,7 +79,9 @@ def data_config() -> ml_collections.ConfigDict:
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.mode = "pipeline"  # teacher | distill | eval | pipeline (teacher -> distill -> eval)
+  # teacher | distill | eval | pipeline (teacher -> distill -> eval) | compile (ibmd_jax/aot.py:
+  # the programs compiled for a TPU slice on this host, per-chip memory and FLOPs)
+  c.mode = "pipeline"
   c.seed = 0
   c.distributed = False  # True: jax.distributed.initialize() first (pods, multi-node GPU)
   c.log_every = 100  # steps between metric lines (teacher steps / distillation rounds)
@@ -169,4 +171,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   # jax.profiler trace of distillation rounds (start, start + steps]; start = 0 is off.
   c.profile = ml_collections.ConfigDict(dict(start=0, steps=5))
+  # Compile mode: the TPU slice (libtpu's topology names: v5e:4x4, v5p:4x4x4, v6e:4x4, v4:2x2x2)
+  # and which programs to compile (teacher_step, round, teacher_sampler, student)
+  c.aot = ml_collections.ConfigDict(dict(topology="v5e:2x2",
+                                         programs=("teacher_step", "round", "teacher_sampler",
+                                                   "student")))
   return c

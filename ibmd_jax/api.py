@@ -120,6 +120,17 @@ def plan_state(ib: IBMD, net: NetDenoiser, init_params: Any, example: dict, opts
   return planned, gen_tx, critic_tx
 
 
+def round_program(ib: IBMD, net: NetDenoiser, init_params: Any, teacher_params: Any,
+                  example: dict, opts: DistillOptions, mesh) -> tuple[Any, Any, Any]:
+  """(the jitted fused round with its shardings and donation, the planned IBMDState, the
+  teacher's shardings): what distillation runs, and what compile mode (ibmd_jax.aot) compiles.
+  init_params / teacher_params may be ShapeDtypeStructs."""
+  planned, gen_tx, critic_tx = plan_state(ib, net, init_params, example, opts, mesh)
+  _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, opts.ema)
+  teacher_sh = shd.state_shardings(mesh, teacher_params)
+  return shd.jit_round(round_step, mesh, planned.shardings, teacher_sh), planned, teacher_sh
+
+
 def distill(*, teacher: Predictor, teacher_params: Any, net: NetDenoiser, init_params: Any,
             bridge: Bridge, batches: Any, workdir: str, example: Optional[dict] = None,
             options: Optional[DistillOptions] = None, mesh=None,
@@ -144,10 +155,8 @@ def distill(*, teacher: Predictor, teacher_params: Any, net: NetDenoiser, init_p
     if "label" in first:
       example["label"] = first["label"][0, :2]
   ib = make_ibmd(teacher, net, bridge, opts, int(example["x"].shape[-1]))
-  planned, gen_tx, critic_tx = plan_state(ib, net, init_params, example, opts, mesh)
-  _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, opts.ema)
-  teacher_sh = shd.state_shardings(mesh, teacher_params)
-  round_fn = shd.jit_round(round_step, mesh, planned.shardings, teacher_sh)
+  round_fn, planned, teacher_sh = round_program(ib, net, init_params, teacher_params, example,
+                                                opts, mesh)
   own_writer = writer is None
   writer = MetricWriter(workdir) if own_writer else writer
   hooks = ()

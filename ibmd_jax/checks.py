@@ -20,7 +20,7 @@ from absl import logging
 
 from ibmd_jax.errors import ConfigError, RunError, WorkdirLocked
 
-MODES = ("teacher", "distill", "eval", "pipeline")  # run modes (ibmd_jax.run)
+MODES = ("teacher", "distill", "eval", "pipeline", "compile")  # run modes (ibmd_jax.run)
 
 
 def _get(config, key: str):

@@ -69,6 +69,8 @@ def _samplers(config, task: Task, teacher_params, gen_params, mesh, key) -> list
   out = []
 
   def put(tree):
+    if all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree)):
+      return tree  # compile mode (ibmd_jax.aot): shapes only
     return jax.device_put(tree, shd.state_shardings(mesh, tree))
 
   teachers = [str(t) for t in ec.teachers]

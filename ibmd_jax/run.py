@@ -55,12 +55,12 @@ def teacher_abstract(task: Task, mesh) -> Any:
   return state_lib.abstract(shapes, shd.state_shardings(mesh, shapes))
 
 
-def train_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, deadline=None):
-  """Bridge matching on the task's pairs; saves and returns the EMA parameters."""
+def teacher_program(config, task: Task, mesh) -> tuple[Any, state_lib.Planned]:
+  """(jitted teacher step with its shardings and donation, the planned TeacherState): what
+  teacher training runs, and what compile mode (ibmd_jax.aot) compiles."""
   tc = config.teacher
   key = jax.random.key(int(config.seed))
-  bs = int(tc.batch_size)
-  shd.check_batch(mesh, bs, "teacher.batch_size")
+  shd.check_batch(mesh, int(tc.batch_size), "teacher.batch_size")
   tx = make_optimizer(tc.optimizer, total_steps=int(tc.steps))
   planned = state_lib.teacher_state(task.net, task.example(), tx, jax.random.fold_in(key, 0), mesh)
   step_fn = jax.jit(
@@ -68,6 +68,15 @@ def train_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, 
                               dropout=float(config.model.get("dropout", 0.0)) > 0),
       in_shardings=(planned.shardings, shd.batch_sharding(mesh), shd.replicated(mesh)),
       out_shardings=(planned.shardings, shd.replicated(mesh)), donate_argnums=0)
+  return step_fn, planned
+
+
+def train_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, deadline=None):
+  """Bridge matching on the task's pairs; saves and returns the EMA parameters."""
+  tc = config.teacher
+  key = jax.random.key(int(config.seed))
+  bs = int(tc.batch_size)
+  step_fn, planned = teacher_program(config, task, mesh)
   loop = Loop(name="teacher", step_fn=step_fn, state=planned,
               data=task.train_data("teacher", bs), total=int(tc.steps),
               total_name="teacher.steps", fingerprint=ckpt.flat_config(config),
@@ -168,6 +177,9 @@ def run(config, workdir: str) -> dict:
     save_config(config, workdir)
     writer = MetricWriter(workdir)
     task = make_task(config)
+    if config.mode == "compile":  # no devices of its own: the slice's, from libtpu
+      from ibmd_jax import aot  # pylint: disable=g-import-not-at-top
+      return {"aot": aot.run(config, workdir, task)}
     mesh = shd.mesh_from_config(config)
     if config.mode in ("eval", "pipeline"):  # bad eval settings fail now, not after training
       evaluate_lib.check(config, task)

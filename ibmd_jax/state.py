@@ -61,7 +61,8 @@ def ibmd_state(teacher_params: Any, gen_template: Optional[Any], gen_tx, critic_
   generator has the teacher's shapes.
   """
   teacher_sh = shd.state_shardings(mesh, teacher_params)
-  teacher_params = jax.device_put(teacher_params, teacher_sh)
+  if any(not isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(teacher_params)):
+    teacher_params = jax.device_put(teacher_params, teacher_sh)  # (compile mode plans shapes)
 
   def init(teacher):
     gen = teacher if gen_template is None else widen_like(teacher, gen_template, key=key,

@@ -401,6 +401,7 @@ class ImageTask:
     self.size = int(config.data.image_size)
     self.data_channels = int(config.data.channels)
     self.num_classes = config.model.get("num_classes", None)
+    self.masked = str(config.data.get("degradation", "")) == "inpaint_center"  # batches hold 'mask'
 
   def example(self):
     out = {"x": np.zeros((2, self.size, self.size, self.data_channels), np.float32)}
