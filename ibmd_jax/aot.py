@@ -21,6 +21,7 @@ loop body once (for the round: one critic step and the generator step), labelled
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -71,11 +72,10 @@ def topology_devices(topology: str) -> list:
     desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")
   except Exception as e:  # libtpu missing, or a topology it does not know
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if "tpu" in msg.lower() and ("unknown backend" in msg.lower() or "not found" in msg.lower()
-                                 or "no module" in msg.lower() or "plugin" in msg.lower()):
-      raise ConfigError(f"{INSTALL_HINT} ({msg})") from e
+    if importlib.util.find_spec("libtpu") is None:
+      raise ConfigError(f"{INSTALL_HINT} (libtpu is not installed; JAX said: {msg})") from e
     raise ConfigError(f"aot.topology={topology!r} is not a TPU slice libtpu can describe: {msg}. "
-                      f"{INSTALL_HINT}") from e
+                      "Names look like v5e:4x4, v5p:4x4x4, v6e:4x4, v4:2x2x2") from e
   return list(desc.devices)
 
 
