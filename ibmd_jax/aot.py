@@ -3,7 +3,7 @@ per-chip memory, FLOPs and time estimates (``--config.mode=compile``).
 
 libtpu's compile-only client (``pip install -e ".[tpu]"``) describes a slice's chips without
 having them: ``jax.experimental.topologies.get_topology_desc("v5p:4x4x4", "tpu").devices``. The
-programs are built by the same functions the training modes use — ``run.teacher_program`` (the
+programs are built by the same functions the training modes use — ``programs.teacher_program`` (the
 teacher step), ``api.round_program`` (the fused IBMD round) and the evaluator's samplers (the
 teacher at its largest NFE, the student) — on a mesh of those chips with the config's mesh
 shape, shardings, donation, dtype and remat, lowered from ShapeDtypeStructs (nothing is
@@ -106,11 +106,11 @@ def _key(mesh):
 
 def build_programs(config, task, mesh, which=PROGRAMS) -> dict:
   """{name: (jitted fn, abstract args, images per call)} for the config on this mesh."""
-  from ibmd_jax import api, evaluate, run  # pylint: disable=g-import-not-at-top
+  from ibmd_jax import api, evaluate, programs  # pylint: disable=g-import-not-at-top
   out = {}
-  teacher_abs = run.teacher_abstract(task, mesh)
+  teacher_abs = programs.teacher_abstract(task, mesh)
   if "teacher_step" in which:
-    fn, planned = run.teacher_program(config, task, mesh)
+    fn, planned = programs.teacher_program(config, task, mesh)
     b = int(config.teacher.batch_size)
     out["teacher_step"] = (fn, (planned.abstract, batch_spec(task, "teacher", b, mesh),
                                 _key(mesh)), b)

@@ -21,12 +21,11 @@ from absl import logging
 from ibmd_jax import api, checks
 from ibmd_jax import checkpointing as ckpt
 from ibmd_jax import evaluate as evaluate_lib
+from ibmd_jax import programs
 from ibmd_jax import sharding as shd
-from ibmd_jax import state as state_lib
 from ibmd_jax import steps
 from ibmd_jax.errors import ConfigError, TeacherMismatch
 from ibmd_jax.models import resolve_model_config
-from ibmd_jax.optim import make_optimizer
 from ibmd_jax.tasks import Task, make_task
 from ibmd_jax.train import Loop, make_deadline, run_loop, safety_options
 from ibmd_jax.writer import MetricWriter
@@ -47,36 +46,12 @@ def teacher_meta(config, task: Task) -> dict:
           "trained_steps": int(config.teacher.steps), "source": "ibmd_jax teacher mode"}
 
 
-def teacher_abstract(task: Task, mesh) -> Any:
-  """The teacher network's parameter shapes with their shardings (what a teacher restores into)."""
-  ex = task.example()
-  shapes = jax.eval_shape(lambda: task.net.init(jax.random.key(0), jax.numpy.asarray(ex["x"]),
-                                                label=ex.get("label")))
-  return state_lib.abstract(shapes, shd.state_shardings(mesh, shapes))
-
-
-def teacher_program(config, task: Task, mesh) -> tuple[Any, state_lib.Planned]:
-  """(jitted teacher step with its shardings and donation, the planned TeacherState): what
-  teacher training runs, and what compile mode (ibmd_jax.aot) compiles."""
-  tc = config.teacher
-  key = jax.random.key(int(config.seed))
-  shd.check_batch(mesh, int(tc.batch_size), "teacher.batch_size")
-  tx = make_optimizer(tc.optimizer, total_steps=int(tc.steps))
-  planned = state_lib.teacher_state(task.net, task.example(), tx, jax.random.fold_in(key, 0), mesh)
-  step_fn = jax.jit(
-      steps.make_teacher_step(task.net, task.bridge, tx, float(tc.ema),
-                              dropout=float(config.model.get("dropout", 0.0)) > 0),
-      in_shardings=(planned.shardings, shd.batch_sharding(mesh), shd.replicated(mesh)),
-      out_shardings=(planned.shardings, shd.replicated(mesh)), donate_argnums=0)
-  return step_fn, planned
-
-
 def train_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, deadline=None):
   """Bridge matching on the task's pairs; saves and returns the EMA parameters."""
   tc = config.teacher
   key = jax.random.key(int(config.seed))
   bs = int(tc.batch_size)
-  step_fn, planned = teacher_program(config, task, mesh)
+  step_fn, planned = programs.teacher_program(config, task, mesh)
   loop = Loop(name="teacher", step_fn=step_fn, state=planned,
               data=task.train_data("teacher", bs), total=int(tc.steps),
               total_name="teacher.steps", fingerprint=ckpt.flat_config(config),
@@ -116,7 +91,7 @@ def get_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, tr
       print(f"[teacher] {path} was trained for {trained} steps; teacher.steps={steps_wanted}: "
             "training on", flush=True)
       return train_teacher(config, workdir, task, writer, mesh, deadline)
-    params, _ = ckpt.load_teacher(path, teacher_abstract(task, mesh))
+    params, _ = ckpt.load_teacher(path, programs.teacher_abstract(task, mesh))
     logging.info("loaded teacher from %s", path)
     return params
   if not train:

@@ -52,7 +52,7 @@ def _state_bytes_per_chip(abstract) -> int:
 @pytest.mark.parametrize("topology,fsdp,hosts", [("v5e:2x2", 2, 1), ("v5e:4x4", 1, 4)])
 def test_teacher_step_compiles_for_a_slice_and_its_memory_adds_up(tmp_path, topology, fsdp,
                                                                   hosts):
-  from ibmd_jax import aot, run
+  from ibmd_jax import aot, programs, run
   from ibmd_jax.tasks import make_task
   c = _config(topology, **{"mesh.fsdp": fsdp})
   devices = aot.topology_devices(topology)
@@ -61,10 +61,10 @@ def test_teacher_step_compiles_for_a_slice_and_its_memory_adds_up(tmp_path, topo
   r = report["programs"]["teacher_step"]
   assert report["chips"] == len(devices) and report["mesh"] == {"data": len(devices) // fsdp,
                                                                 "fsdp": fsdp}
-  # The launcher's own step: run.teacher_program's state, in its shardings, donated.
+  # The launcher's own step: programs.teacher_program's state, in its shardings, donated.
   from ibmd_jax import sharding as shd
   mesh = shd.mesh_from_config(c, devices)
-  _, planned = run.teacher_program(c, make_task(c), mesh)
+  _, planned = programs.teacher_program(c, make_task(c), mesh)
   state = _state_bytes_per_chip(planned.abstract)
   batch = 16 // len(devices) * 2 * 16 * 16 * 3 * 4  # x0 and xT rows of this chip
   assert r["argument"] >= state + batch, (r, state)
