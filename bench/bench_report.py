@@ -157,8 +157,9 @@ def table(rows: dict, meta: dict) -> str:
   for name in order:
     label, count = _label(name, meta)
     group = name.split("/")[0]
-    sec = meta.get(group, {}).get(count, {}).get("s_per_sample") if group in (
-        "teacher", "teacher_eta0", "student") and name.startswith(("teacher", "student/1")) else None
+    # seconds per image as eval1 timed them (its teacher samplers and 1-step student)
+    row = meta.get(group, {}).get(count, {}) if group != "untrained" else {}
+    sec = row.get("s_per_sample") if isinstance(row, dict) else None
     lines.append(f"| {label} | {count} | " + " | ".join(_cell(rows[name].get(m), f)
                                                         for m, _, f in COLS)
                  + f" | {'–' if sec is None else f'{sec:.3g}'} |")
