@@ -78,7 +78,7 @@ def load_teacher(directory: str, target: Optional[Any] = None) -> tuple[Any, dic
 
 # Model options that change how a network computes, not its weights: a teacher saved with one
 # value runs with another (e.g. a float32 converted checkpoint distilled in bfloat16 with remat).
-COMPUTE_ONLY_MODEL_KEYS = ("dtype", "remat", "attention_impl")
+COMPUTE_ONLY_MODEL_KEYS = ("dtype", "remat", "attention_impl", "conv_grad")
 
 # The time input a converted network was trained on (launch.convert's teacher.json 'c_noise') and
 # the Bridge.c_noise kind that produces it.

@@ -55,7 +55,7 @@ BRIDGES = {
     "ddbm": dict(kind="vp", vp_beta_min=0.1, vp_beta_d=2.0, sigma_data=0.5, precond="edm"),
     "dbim": dict(kind="i2sb", beta_max=1.0, ot_ode=False, precond="eps"),
 }
-COMPUTE_ONLY = ("dtype", "remat", "attention_impl")  # model keys that do not change the weights
+from ibmd_jax.checkpointing import COMPUTE_ONLY_MODEL_KEYS as COMPUTE_ONLY  # noqa: E402  (do not change the weights)
 
 
 def load_config(name: str, arg: str = ""):
