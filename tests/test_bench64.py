@@ -160,7 +160,7 @@ def test_reduced_benchmark_claims_point_the_right_way(tmp_path):
   report's (band-feature FD, pyramid SWD), computed from the runs' saved outputs; with 32 images
   the intervals are wide, so this asserts directions only and the benchmark proper decides.
   Measured (2 cores): FD input 149, teacher at NFE 1 / 2 / 4: 32.1 / 14.9 / 7.96, student 30.9,
-  never-updated generator 32.1; ~3 min alone."""
+  never-updated generator 32.1; 345 s with a benchmark process sharing the two cores."""
   from bench import bench_report
   c = _cpu_inpainting(30)
   runner.run(c, str(tmp_path / "1step"))
