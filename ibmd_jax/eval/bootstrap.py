@@ -90,11 +90,7 @@ def _u_stat(k: np.ndarray, c: np.ndarray) -> np.ndarray:
 def _descriptors(images: np.ndarray, patches: int, min_resolution: int, seed: int):
   """Per pyramid level: (descriptors [N * patches, 7*7*C] normalised over the set)."""
   x = np.asarray(images, np.float32)
-  res, levels = min(x.shape[1:3]), 1
-  while res // 2 >= min_resolution:
-    res //= 2
-    levels += 1
-  pyr = metrics.laplacian_pyramid(x, levels)
+  pyr = metrics.laplacian_pyramid(x, metrics.num_levels(min(x.shape[1:3]), min_resolution))
   return [metrics._patch_descriptors(lvl, 7, patches, np.random.default_rng([seed, i, 0]))
           for i, lvl in enumerate(pyr)]
 

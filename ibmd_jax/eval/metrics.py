@@ -89,33 +89,44 @@ def ssim(pred, ref, data_range: float = 2.0, sigma: float = 1.5, k1: float = 0.0
 _BINOMIAL5 = np.array([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / 16.0
 
 
-def _blur5(x: np.ndarray) -> np.ndarray:
-  """Separable 5-tap binomial blur of [N, H, W, C] with mirrored borders (edge not repeated)."""
+def _blur5(x, xp=np):
+  """Separable 5-tap binomial blur of [N, H, W, C] with mirrored borders (edge not repeated);
+  xp: the array module (numpy, or jax.numpy inside jitted features)."""
   h, w = x.shape[1:3]
-  xp = np.pad(x, ((0, 0), (2, 2), (0, 0), (0, 0)), mode="reflect")
-  x = sum(_BINOMIAL5[i] * xp[:, i:i + h] for i in range(5))
-  xp = np.pad(x, ((0, 0), (0, 0), (2, 2), (0, 0)), mode="reflect")
-  return sum(_BINOMIAL5[i] * xp[:, :, i:i + w] for i in range(5))
+  p = xp.pad(x, ((0, 0), (2, 2), (0, 0), (0, 0)), mode="reflect")
+  x = sum(_BINOMIAL5[i] * p[:, i:i + h] for i in range(5))
+  p = xp.pad(x, ((0, 0), (0, 0), (2, 2), (0, 0)), mode="reflect")
+  return sum(_BINOMIAL5[i] * p[:, :, i:i + w] for i in range(5))
 
 
-def _pyr_down(x: np.ndarray) -> np.ndarray:
-  return _blur5(x)[:, ::2, ::2]
+def _pyr_down(x, xp=np):
+  return _blur5(x, xp)[:, ::2, ::2]
 
 
-def _pyr_up(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+def _pyr_up(x, shape: Sequence[int], xp=np):
   """Zero-insertion x2 upsampling to `shape`, then the blur scaled by 4 (keeps the mean)."""
-  up = np.zeros(shape, x.dtype)
-  up[:, ::2, ::2] = x
-  return 4.0 * _blur5(up)
+  n, h, w, c = x.shape
+  up = xp.stack([x, xp.zeros_like(x)], axis=2).reshape(n, 2 * h, w, c)[:, :shape[1]]
+  up = xp.stack([up, xp.zeros_like(up)], axis=3).reshape(n, shape[1], 2 * w, c)[:, :, :shape[2]]
+  return 4.0 * _blur5(up, xp)
 
 
-def laplacian_pyramid(x: np.ndarray, num_levels: int) -> list[np.ndarray]:
-  """Finest first: num_levels - 1 band-pass levels, then the low-pass residual."""
+def num_levels(size: int, min_resolution: int) -> int:
+  """Pyramid levels from `size` halving down to `min_resolution` (the last is the low-pass)."""
+  levels = 1
+  while size // 2 >= min_resolution:
+    size //= 2
+    levels += 1
+  return levels
+
+
+def laplacian_pyramid(x, count: int, xp=np) -> list:
+  """Finest first: count - 1 band-pass levels, then the low-pass residual."""
   levels = []
-  cur = np.asarray(x, np.float32)
-  for _ in range(num_levels - 1):
-    down = _pyr_down(cur)
-    levels.append(cur - _pyr_up(down, cur.shape))
+  cur = xp.asarray(x, xp.float32)
+  for _ in range(count - 1):
+    down = _pyr_down(cur, xp)
+    levels.append(cur - _pyr_up(down, cur.shape, xp))
     cur = down
   levels.append(cur)
   return levels
@@ -161,15 +172,11 @@ def swd(x, y, patch: int = 7, patches_per_image: int = 128, min_resolution: int 
   y = np.asarray(y, np.float32)
   if x.shape[1:] != y.shape[1:]:
     raise ValueError(f"image shapes differ: {x.shape[1:]} vs {y.shape[1:]}")
-  res = min(x.shape[1], x.shape[2])
-  num_levels = 1
-  while res // 2 >= min_resolution:
-    res //= 2
-    num_levels += 1
+  levels = num_levels(min(x.shape[1], x.shape[2]), min_resolution)
   if min(x.shape[1], x.shape[2]) < patch:
     raise ValueError(f"images smaller than the {patch}x{patch} patch: {x.shape}")
-  px = laplacian_pyramid(x, num_levels)
-  py = laplacian_pyramid(y, num_levels)
+  px = laplacian_pyramid(x, levels)
+  py = laplacian_pyramid(y, levels)
   rng_dirs = np.random.default_rng(seed)
   out: dict[str, float] = {}
   for lvl, (lx, ly) in enumerate(zip(px, py)):
@@ -322,27 +329,6 @@ def pixel_features(x, seed: int = 0, num_filters: int = 32, kernel_size: int = 5
   return jnp.concatenate(feats, axis=-1)
 
 
-def _pyramid_jnp(x, num_levels: int) -> list:
-  """laplacian_pyramid in jax.numpy (same binomial filter, mirrored borders)."""
-  taps = jnp.asarray(_BINOMIAL5)
-
-  def blur(v):
-    h, w = v.shape[1:3]
-    p = jnp.pad(v, ((0, 0), (2, 2), (0, 0), (0, 0)), mode="reflect")
-    v = sum(taps[i] * p[:, i:i + h] for i in range(5))
-    p = jnp.pad(v, ((0, 0), (0, 0), (2, 2), (0, 0)), mode="reflect")
-    return sum(taps[i] * p[:, :, i:i + w] for i in range(5))
-
-  levels, cur = [], x
-  for _ in range(num_levels - 1):
-    down = blur(cur)[:, ::2, ::2]
-    up = jnp.zeros(cur.shape, cur.dtype).at[:, ::2, ::2].set(down)
-    levels.append(cur - 4.0 * blur(up))
-    cur = down
-  levels.append(cur)
-  return levels
-
-
 @functools.partial(jax.jit, static_argnames=("seed", "num_filters", "min_size"))
 def band_features(x, seed: int = 0, num_filters: int = 16, min_size: int = 8):
   """Weight-free features that see sharpness, [N, H, W, C] in [-1, 1] -> [N, 2·F·L + 2C].
@@ -357,14 +343,11 @@ def band_features(x, seed: int = 0, num_filters: int = 16, min_size: int = 8):
   pooled random features of `pixel_features` barely separate them.
   """
   x = jnp.asarray(x, jnp.float32)
-  size, levels = min(x.shape[1:3]), 1
-  while size // 2 >= min_size:
-    size //= 2
-    levels += 1
+  levels = num_levels(min(x.shape[1:3]), min_size)
   if levels < 2:
     raise ValueError(f"band_features needs images of at least {2 * min_size}px, got {x.shape}")
   w = jnp.asarray(_random_filters(seed, num_filters, 3, x.shape[-1]))
-  pyr = _pyramid_jnp(x, levels)
+  pyr = laplacian_pyramid(x, levels, xp=jnp)
   feats = []
   for band in pyr[:-1]:
     r = jax.lax.conv_general_dilated(band, w, (1, 1), "VALID",
