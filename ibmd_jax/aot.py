@@ -134,7 +134,7 @@ def build_programs(config, task, mesh, which=PROGRAMS) -> dict:
       gen_abs = planned.abstract.gen_ema
     samplers = evaluate._samplers(config, task, teacher_abs, gen_abs, mesh,  # pylint: disable=protected-access
                                   jax.random.key(0))
-    batch = {k: v for k, v in batch_spec(task, "eval", eb, mesh).items()}
+    batch = batch_spec(task, "eval", eb, mesh)
     top = max(int(n) for n in config.eval.teacher_nfes)
     for group, _, count, fn, params, _ in samplers:
       if group == "teacher" and count == top and "teacher_sampler" in which:

@@ -60,16 +60,15 @@ def _weighted_stats(f: np.ndarray, c: np.ndarray):
   return mu, out
 
 
-def _fd_many(mu_a, cov_a, mu_b, sqrt_b):
-  """FD per replicate given the reference's PSD square roots."""
+def _fd_many(mu_a, cov_a, mu_b, sqrt_b, tr_b):
+  """FD per replicate given the reference's PSD square roots and covariance traces."""
   out = np.empty(len(mu_a))
   for r in range(len(mu_a)):
     m = sqrt_b[r] @ cov_a[r] @ sqrt_b[r]
     w = np.linalg.eigvalsh((m + m.T) / 2)
     tr = float(np.sum(np.sqrt(np.clip(w, 0.0, None))))
     diff = mu_a[r] - mu_b[r]
-    out[r] = diff @ diff + np.trace(cov_a[r]) + np.trace(
-        sqrt_b[r] @ sqrt_b[r]) - 2.0 * tr
+    out[r] = diff @ diff + np.trace(cov_a[r]) + tr_b[r] - 2.0 * tr
   return out
 
 
@@ -143,6 +142,7 @@ class Bootstrap:
     mu, cov = _weighted_stats(self.ref_feats, self.c)
     self.ref_mu = mu
     self.ref_sqrt = np.stack([metrics._psd_sqrt(s) for s in cov])
+    self.ref_tr = np.trace(cov, axis1=1, axis2=2)  # once, not once per added set
     self.ref_std = (self.ref_feats - self.loc) / self.scale
     self.k_yy = _u_stat(_kernel(self.ref_std, self.ref_std), self.c)
     self.ref_desc = _descriptors(ref, self.patches, self.min_resolution, self.seed)
@@ -169,7 +169,7 @@ class Bootstrap:
     out["ssim"] = self.c @ ssim / self.n
     f = metrics.compute_features(x, self.features)
     mu, cov = _weighted_stats(f, self.c)
-    out["fd"] = _fd_many(mu, cov, self.ref_mu, self.ref_sqrt)
+    out["fd"] = _fd_many(mu, cov, self.ref_mu, self.ref_sqrt, self.ref_tr)
     fs = (f - self.loc) / self.scale
     out["kid"] = (_u_stat(_kernel(fs, fs), self.c) + self.k_yy
                   - 2.0 * np.einsum("ri,ij,rj->r", self.c, _kernel(fs, self.ref_std), self.c)
