@@ -19,6 +19,7 @@ import numpy as np
 
 from ibmd_jax import api, report
 from ibmd_jax import sharding as shd
+from ibmd_jax import state as state_lib
 from ibmd_jax.ibmd import IBMD
 from ibmd_jax.samplers import sample
 from ibmd_jax.tasks.base import Task
@@ -69,7 +70,7 @@ def _samplers(config, task: Task, teacher_params, gen_params, mesh, key) -> list
   out = []
 
   def put(tree):
-    if all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree)):
+    if state_lib.is_abstract(tree):
       return tree  # compile mode (ibmd_jax.aot): shapes only
     return jax.device_put(tree, shd.state_shardings(mesh, tree))
 

@@ -18,6 +18,11 @@ from ibmd_jax import steps
 from ibmd_jax.denoiser import NetDenoiser, widen_like
 
 
+def is_abstract(tree: Any) -> bool:
+  """True for a tree of ShapeDtypeStructs (compile mode plans shapes; nothing to put anywhere)."""
+  return all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree))
+
+
 def abstract(tree: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs of `tree` (arrays or ShapeDtypeStructs) carrying `shardings`."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -61,8 +66,8 @@ def ibmd_state(teacher_params: Any, gen_template: Optional[Any], gen_tx, critic_
   generator has the teacher's shapes.
   """
   teacher_sh = shd.state_shardings(mesh, teacher_params)
-  if any(not isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(teacher_params)):
-    teacher_params = jax.device_put(teacher_params, teacher_sh)  # (compile mode plans shapes)
+  if not is_abstract(teacher_params):
+    teacher_params = jax.device_put(teacher_params, teacher_sh)
 
   def init(teacher):
     gen = teacher if gen_template is None else widen_like(teacher, gen_template, key=key,

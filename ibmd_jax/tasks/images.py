@@ -53,6 +53,7 @@ class EvalOptions:
   swd_images: int
   kid_subset_size: int
   is_splits: int
+  save_outputs: bool
 
 
 def eval_options(config) -> EvalOptions:
@@ -69,7 +70,7 @@ def eval_options(config) -> EvalOptions:
       batch_size=int(ec.batch_size), grid_rows=int(ec.grid_rows),
       inception_path=str(ec.inception_path or ""), resnet_path=str(ec.resnet_path or ""),
       swd_images=int(ec.swd_images), kid_subset_size=int(ec.kid_subset_size),
-      is_splits=int(ec.is_splits))
+      is_splits=int(ec.is_splits), save_outputs=bool(ec.get("save_outputs", False)))
   if o.split not in ("test", "train"):
     raise ValueError(f"eval.split must be 'test' (held-out images) or 'train', got {o.split!r}")
   if o.batch_size < 1:
@@ -247,8 +248,7 @@ class ImageScorer:
           lambda v, x: resnet.ResNet50(nc).apply(v, resnet.preprocess_imagenet(rgb(x))),
           in_shardings=(rep, bsh), out_shardings=bsh)
     self.ref_inception = self.extract.get("pool", False) or "is" in want
-    self.save_outputs = bool(evset.task.config.eval.get("save_outputs", False))
-    self.keep = evset.n if self.save_outputs else max(opts.grid_rows, min(opts.swd_images, evset.n))
+    self.keep = evset.n if opts.save_outputs else max(opts.grid_rows, min(opts.swd_images, evset.n))
     self.acc: dict[str, _Accumulator] = {}
 
   def _stat_path(self, fname: str) -> str:
@@ -337,7 +337,7 @@ class ImageScorer:
   def artifacts(self, out_dir, results):
     """The grids: input | student | teacher at its best NFE | reference, one per student; with
     eval.save_outputs, outputs.npz."""
-    if self.save_outputs:
+    if self.opts.save_outputs:
       self.write_outputs(os.path.join(out_dir, "outputs.npz"))
     rows = self.opts.grid_rows
     ref = self.acc["reference"].kept_images()[:rows]
