@@ -173,7 +173,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.profile = ml_collections.ConfigDict(dict(start=0, steps=5))
   # Compile mode: the TPU slice (libtpu's topology names: v5e:4x4, v5p:4x4x4, v6e:4x4, v4:2x2x2)
   # and which programs to compile (teacher_step, round, teacher_sampler, student)
+  # aot.search=True compiles aot.search_program for every mesh (data x fsdp), remat policy and
+  # per-chip batch and prints the fitting choice with the best estimated images/s as overrides;
+  # compiled candidates are kept in <workdir>/aot_search.json (a rerun skips them) and
+  # search_budget_s (0 = none) stops it between compiles.
   c.aot = ml_collections.ConfigDict(dict(topology="v5e:2x2",
                                          programs=("teacher_step", "round", "teacher_sampler",
-                                                   "student")))
+                                                   "student"),
+                                         search=False, search_program="round",
+                                         search_batches=(1, 2, 4, 8, 16, 32),
+                                         search_remat=("none", "full"), search_fsdp=(),
+                                         search_budget_s=0.0))
   return c

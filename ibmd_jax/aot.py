@@ -9,8 +9,9 @@ teacher at its largest NFE, the student) — on a mesh of those chips with the c
 shape, shardings, donation, dtype and remat, lowered from ShapeDtypeStructs (nothing is
 allocated) and compiled by XLA's TPU compiler. Per program and chip: argument / output / alias /
 temporary bytes and their total against the chip's HBM; XLA's FLOPs, bytes accessed and
-``optimal_seconds``; a roofline estimate (the larger of FLOPs ÷ peak and bytes ÷ bandwidth) of
-step time and images per second per chip; the compile time. ``<workdir>/aot.json`` and
+``optimal_seconds``; the bytes its collectives (all-gather, reduce-scatter, all-reduce, ...) move
+per chip, read off the compiled HLO; a roofline estimate (the largest of FLOPs ÷ peak, HBM bytes
+÷ HBM bandwidth and collective bytes ÷ inter-chip bandwidth) of step time and images per second per chip; the compile time. ``<workdir>/aot.json`` and
 ``aot.md`` hold them; a program that does not fit makes the run exit 1, naming it and the bytes
 missing.
 
@@ -36,20 +37,46 @@ from ibmd_jax import sharding as shd
 from ibmd_jax.errors import ConfigError, RunError
 
 # Public datasheet figures per chip (Google Cloud TPU documentation, system architecture pages:
-# https://cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e): HBM GiB, dense bf16 TFLOP/s, HBM GB/s.
+# https://cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e): HBM GiB, dense bf16 TFLOP/s, HBM GB/s,
+# inter-chip interconnect Gbit/s per chip (all links).
 CHIPS = {
-    "v4": dict(hbm_gib=32.0, bf16_tflops=275.0, hbm_gbps=1228.0,
+    "v4": dict(hbm_gib=32.0, bf16_tflops=275.0, hbm_gbps=1228.0, ici_gbit=2400.0,
                source="https://cloud.google.com/tpu/docs/v4"),
-    "v5e": dict(hbm_gib=16.0, bf16_tflops=197.0, hbm_gbps=819.0,
+    "v5e": dict(hbm_gib=16.0, bf16_tflops=197.0, hbm_gbps=819.0, ici_gbit=1600.0,
                 source="https://cloud.google.com/tpu/docs/v5e"),
-    "v5p": dict(hbm_gib=95.0, bf16_tflops=459.0, hbm_gbps=2765.0,
+    "v5p": dict(hbm_gib=95.0, bf16_tflops=459.0, hbm_gbps=2765.0, ici_gbit=4800.0,
                 source="https://cloud.google.com/tpu/docs/v5p"),
-    "v6e": dict(hbm_gib=32.0, bf16_tflops=918.0, hbm_gbps=1640.0,
+    "v6e": dict(hbm_gib=32.0, bf16_tflops=918.0, hbm_gbps=1640.0, ici_gbit=3584.0,
                 source="https://cloud.google.com/tpu/docs/v6e"),
 }
 PROGRAMS = ("teacher_step", "round", "teacher_sampler", "student")
 INSTALL_HINT = ('compile mode needs libtpu\'s compile-only client: pip install -e ".[tpu]" '
                 '(or pip install "jax[tpu]==<your jax version>")')
+
+
+# Bytes per element of HLO's array types, for the collectives' sizes read off the compiled HLO.
+HLO_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+             "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_COLLECTIVE = re.compile(r"=\s*(\(.*?\)|\S+)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|"
+                         r"collective-permute)(-start)?\(")
+_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+
+
+def collective_bytes(hlo_text: str) -> dict:
+  """{collective op: bytes of its results on one chip} in a compiled (partitioned) HLO module.
+  An async '-start' op's tuple holds its operand and result: the larger counts; a synchronous
+  op's tuple (combined collectives) counts whole. A loop body counts once, as in XLA's FLOPs."""
+  out: dict = {}
+  for m in _COLLECTIVE.finditer(hlo_text):
+    shape, op, start = m.groups()
+    sizes = []
+    for dt, dims in _ARRAY.findall(shape):
+      if dt in HLO_BYTES:
+        sizes.append(int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64))
+                     * HLO_BYTES[dt])
+    if sizes:
+      out[op] = out.get(op, 0) + (max(sizes) if start else sum(sizes))
+  return out
 
 
 class DoesNotFit(RunError):
@@ -156,6 +183,7 @@ class Compiled:
   flops: float
   bytes_accessed: float
   optimal_seconds: Optional[float]
+  collective: int
   compile_s: float
   images: int
 
@@ -175,22 +203,28 @@ def compile_one(name: str, fn, args, images: int) -> Compiled:
   if isinstance(cost, list):  # older JAX: one dict per computation
     cost = cost[0] if cost else {}
   opt = cost.get("optimal_seconds")
+  coll = sum(collective_bytes(compiled.as_text() or "").values())
   return Compiled(name=name, argument=int(mem.argument_size_in_bytes),
                   output=int(mem.output_size_in_bytes), alias=int(mem.alias_size_in_bytes),
                   temp=int(mem.temp_size_in_bytes),
                   code=int(getattr(mem, "generated_code_size_in_bytes", 0) or 0),
                   flops=float(cost.get("flops", 0.0)),
                   bytes_accessed=float(cost.get("bytes accessed", 0.0)),
-                  optimal_seconds=None if opt is None else float(opt), compile_s=dt,
+                  optimal_seconds=None if opt is None else float(opt), collective=int(coll),
+                  compile_s=dt,
                   images=images)
 
 
 def estimate(c: Compiled, chip: dict, chips: int) -> dict:
-  """Roofline step time per chip and images per second per chip (estimates)."""
-  t_flops = c.flops / (chip["bf16_tflops"] * 1e12)
-  t_bytes = c.bytes_accessed / (chip["hbm_gbps"] * 1e9)
-  t = max(t_flops, t_bytes)
-  return {"roofline_s": t, "bound": "compute" if t_flops >= t_bytes else "memory",
+  """Roofline step time per chip (the largest of FLOPs ÷ peak, HBM bytes ÷ bandwidth and
+  collective bytes ÷ inter-chip bandwidth: perfect overlap assumed) and images per second per
+  chip. Estimates: XLA counts a loop body once, and links, latency and overlap are not modelled."""
+  times = {"compute": c.flops / (chip["bf16_tflops"] * 1e12),
+           "memory": c.bytes_accessed / (chip["hbm_gbps"] * 1e9),
+           "interconnect": c.collective / (chip["ici_gbit"] / 8 * 1e9)}
+  bound = max(times, key=times.get)
+  t = times[bound]
+  return {"roofline_s": t, "bound": bound, "interconnect_s": times["interconnect"],
           "images_per_s_per_chip": (c.images / chips / t) if t > 0 else None}
 
 
@@ -207,9 +241,12 @@ def _gib(b: float) -> float:
 
 
 def run(config, workdir: str, task=None) -> dict:
-  """Compile mode (module docstring): writes aot.json and aot.md, raises DoesNotFit."""
+  """Compile mode (module docstring): writes aot.json and aot.md, raises DoesNotFit; with
+  aot.search, runs search() instead."""
   from ibmd_jax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   ac = config.aot
+  if bool(ac.get("search", False)):
+    return search(config, workdir)
   topology = str(ac.topology)
   kind = chip_of(topology)
   chip = CHIPS[kind]
@@ -268,21 +305,227 @@ def markdown(report: dict) -> str:
   chip = report["chip_figures"]
   lines = [f"Compiled for **{report['topology']}** ({report['chips']} chips, mesh "
            f"{report['mesh']}), JAX {report['jax']}. Per chip: {chip['hbm_gib']:g} GiB HBM, "
-           f"{chip['bf16_tflops']:g} bf16 TFLOP/s, {chip['hbm_gbps']:g} GB/s ({chip['source']}).",
+           f"{chip['bf16_tflops']:g} bf16 TFLOP/s, {chip['hbm_gbps']:g} GB/s HBM, "
+           f"{chip['ici_gbit']:g} Gbit/s inter-chip ({chip['source']}). Loop bodies (the round's "
+           "critic steps, a sampler's steps) count once in FLOPs and collectives.",
            "", "| program | arguments GiB | outputs GiB | aliased GiB | temporaries GiB | total "
-           "GiB | fits | TFLOP / chip | XLA optimal_seconds (est.) | roofline s (est.) | images/s "
-           "per chip (est.) | compile s |", "|" + "---|" * 12]
+           "GiB | fits | TFLOP / chip | collectives GiB / chip | XLA optimal_seconds (est.) | "
+           "roofline s (est.) | images/s per chip (est.) | compile s |", "|" + "---|" * 13]
   for name, r in report["programs"].items():
     if "xla_error" in r:
       lines.append(f"| {name} | – | – | – | – | {_gib(r['total']):.3f} (XLA) | **no** | – | – | – "
-                   f"| – | – |")
+                   f"| – | – | – |")
       continue
     ips = r["images_per_s_per_chip"]
     opt = r["optimal_seconds"]
     lines.append(
         f"| {name} | {_gib(r['argument']):.3f} | {_gib(r['output']):.3f} | {_gib(r['alias']):.3f}"
         f" | {_gib(r['temp']):.3f} | {_gib(r['total']):.3f} | {'yes' if r['fits'] else '**no**'}"
-        f" | {r['flops'] / 1e12:.4g} | {'–' if opt is None else f'{opt:.4g}'} | "
+        f" | {r['flops'] / 1e12:.4g} | {_gib(r['collective']):.4g} | {'–' if opt is None else f'{opt:.4g}'} | "
         f"{r['roofline_s']:.4g} ({r['bound']}) | {'–' if ips is None else f'{ips:.4g}'} | "
         f"{r['compile_s']:.1f} |")
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- search
+# The config key that holds each program's global batch.
+BATCH_KEY = {"round": "distill.batch_size", "teacher_step": "teacher.batch_size",
+             "teacher_sampler": "eval.batch_size", "student": "eval.batch_size"}
+SEARCH_FILE = "aot_search.json"
+
+
+def _set(config, dotted: str, value) -> None:
+  node = config
+  *path, last = dotted.split(".")
+  for p in path:
+    node = node[p]
+  node[last] = value
+
+
+def _fingerprint(config) -> str:
+  """What a cached candidate depends on besides its own choice: the config with the searched keys
+  (mesh, remat, batches) and the search settings left out."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  d = config.to_dict()
+  d.pop("aot", None)
+  d.pop("mesh", None)
+  d.pop("workdir", None)
+  d.get("model", {}).pop("remat", None)
+  for key in BATCH_KEY.values():
+    sec, k = key.split(".")
+    d.get(sec, {}).pop(k, None)
+  d.pop("stop_after_s", None)
+  text = json.dumps(d, sort_keys=True, default=str) + "|" + jax.__version__
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def candidate_order(chips: int, fsdps, remats, batches) -> list[tuple[int, str, int]]:
+  """(fsdp, remat, per-chip batch), smallest program first: batches ascending, then fsdp
+  descending (smaller shards), then remat in the order given (least recomputation first)."""
+  fsdps = sorted({int(f) for f in fsdps} or {f for f in range(1, chips + 1) if chips % f == 0},
+                 reverse=True)
+  bad = [f for f in fsdps if f < 1 or chips % f]
+  if bad:
+    raise ConfigError(f"aot.search_fsdp={bad} do not divide the slice's {chips} chips")
+  return [(f, str(r), int(b)) for b in sorted({int(b) for b in batches}) for f in fsdps
+          for r in remats]
+
+
+def search(config, workdir: str) -> dict:
+  """Compiles aot.search_program for every (mesh data x fsdp, remat, per-chip batch) candidate,
+  smallest first, and returns the fitting one with the best estimated images/s per chip (printed
+  as command-line overrides). Pruning: a (fsdp, remat) that does not fit at a batch is not tried
+  at larger ones; at a (fsdp, batch) where a remat policy fits, the later policies in
+  aot.search_remat (more recomputation, more FLOPs, never faster by the estimate) are skipped.
+  Ties in the estimate go to the smaller fsdp, the earlier remat, then the larger batch.
+  Every compiled candidate is kept in <workdir>/aot_search.json: a rerun of the same config
+  skips them, so a search cut short by aot.search_budget_s continues where it stopped."""
+  ac = config.aot
+  topology = str(ac.topology)
+  kind = chip_of(topology)
+  chip = CHIPS[kind]
+  program = str(ac.search_program)
+  if program not in BATCH_KEY:
+    raise ConfigError(f"aot.search_program={program!r}: choose one of {list(BATCH_KEY)}")
+  from ibmd_jax.models.unet import REMAT_POLICIES  # pylint: disable=g-import-not-at-top
+  if "remat" in config.model:
+    remats = tuple(str(r) for r in ac.search_remat) or (str(config.model.remat),)
+  else:  # a network without remat (the toy MLP): one policy, left as it is
+    remats = ("none",)
+  bad = [r for r in remats if r not in REMAT_POLICIES]
+  if bad:
+    raise ConfigError(f"aot.search_remat has unknown {bad}; choose from {list(REMAT_POLICIES)}")
+  if not ac.search_batches or min(int(b) for b in ac.search_batches) < 1:
+    raise ConfigError("aot.search_batches must list per-chip batch sizes >= 1, e.g. (1, 2, 4, 8)")
+  devices = topology_devices(topology)
+  chips = len(devices)
+  order = candidate_order(chips, ac.search_fsdp, remats, ac.search_batches)
+  hbm = chip["hbm_gib"] * 2**30
+  path = os.path.join(workdir, SEARCH_FILE)
+  fp = _fingerprint(config)
+  cache = {}
+  if os.path.exists(path):
+    try:
+      old = json.load(open(path))
+    except (OSError, ValueError) as e:
+      raise RunError(f"{path} cannot be read ({e}): move it away to start the search over") from e
+    if old.get("fingerprint") == fp and old.get("topology") == topology \
+        and old.get("program") == program:
+      cache = old.get("candidates", {})
+      print(f"[search] {len(cache)} candidates already compiled in {path}", flush=True)
+    else:
+      print(f"[search] {path} is from another config or slice: starting over", flush=True)
+  budget = float(ac.get("search_budget_s", 0.0) or 0.0)
+  t0 = time.time()
+  failed_at: dict = {}  # (fsdp, remat) -> smallest per-chip batch that did not fit
+  fit_at: set = set()  # (fsdp, batch) where some remat fitted
+  cut = False
+  compiled_now = 0
+
+  def save(best=None):
+    out = {"topology": topology, "chip": kind, "chips": chips, "program": program,
+           "fingerprint": fp, "jax": jax.__version__, "chip_figures": chip, "candidates": cache,
+           "best": best, "complete": not cut}
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(out, f, indent=1)
+    os.replace(tmp, path)
+    return out
+
+  for fsdp, remat, per_chip in order:
+    name = f"fsdp={fsdp},remat={remat},per_chip={per_chip}"
+    if failed_at.get((fsdp, remat), 1 << 30) <= per_chip or (fsdp, per_chip) in fit_at:
+      continue
+    r = cache.get(name)
+    if r is None:
+      if budget and compiled_now and time.time() - t0 > budget:  # each call compiles one
+        cut = True
+        break
+      r = _search_one(config, devices, fsdp, remat, per_chip, program, chip, hbm)
+      cache[name] = r
+      compiled_now += 1
+      save()
+    print(f"[search] {name}: " + (f"{_gib(r['total']):.2f} GiB, "
+                                  f"{'fits' if r['fits'] else 'does not fit'}"
+                                  + (f", {r['images_per_s_per_chip']:.4g} images/s/chip (est.)"
+                                     if r.get("images_per_s_per_chip") else "")
+                                  if "total" in r else r.get("error", "?")), flush=True)
+    if r.get("fits"):
+      fit_at.add((fsdp, per_chip))
+    elif "total" in r:  # too big; a refused configuration (error) prunes nothing
+      failed_at[(fsdp, remat)] = min(per_chip, failed_at.get((fsdp, remat), 1 << 30))
+  fitting = [(k, r) for k, r in cache.items() if r.get("fits")]
+  best = None
+  if fitting:
+    def score(item):
+      _, r = item
+      return (r.get("images_per_s_per_chip") or 0.0, -r["fsdp"],
+              -remats.index(r["remat"]) if r["remat"] in remats else 0, r["per_chip"])
+    name, r = max(fitting, key=score)
+    overrides = [f"--config.mesh.data={chips // r['fsdp']}", f"--config.mesh.fsdp={r['fsdp']}"]
+    if "remat" in config.model:
+      overrides.append(f"--config.model.remat={r['remat']}")
+    overrides.append(f"--config.{BATCH_KEY[program]}={r['per_chip'] * chips}")
+    best = dict(r, name=name, overrides=overrides)
+  report = save(best)
+  report["seconds"] = time.time() - t0
+  report["compiled_now"] = compiled_now
+  with open(os.path.join(workdir, "aot_search.md"), "w") as f:
+    f.write(search_markdown(report) + "\n")
+  print(search_markdown(report), flush=True)
+  if best is None:
+    raise DoesNotFit(f"no candidate of the search fits a {kind} chip ({chip['hbm_gib']:g} GiB) for "
+                     f"{program}" + (" yet: the budget stopped it; rerun to continue" if cut else
+                                     ": try more fsdp, remat='full', smaller search_batches"))
+  return report
+
+
+def _search_one(config, devices, fsdp, remat, per_chip, program, chip, hbm) -> dict:
+  from ibmd_jax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  chips = len(devices)
+  c = config.copy_and_resolve_references()
+  _set(c, "mesh.data", chips // fsdp)
+  _set(c, "mesh.fsdp", fsdp)
+  if "remat" in c.model:
+    _set(c, "model.remat", remat)
+  _set(c, BATCH_KEY[program], per_chip * chips)
+  base = {"fsdp": fsdp, "remat": remat, "per_chip": per_chip}
+  try:
+    mesh = shd.mesh_from_config(c, devices)
+    fn, args, images = build_programs(c, tasks_lib.make_task(c), mesh, (program,))[program]
+    got = compile_one(program, fn, args, images)
+  except (ConfigError, ValueError) as e:  # e.g. a batch the mesh cannot split
+    return dict(base, error=str(e).splitlines()[0][:300])
+  except Exception as e:  # pylint: disable=broad-except
+    need = _xla_oom(str(e))
+    if need is None:
+      raise
+    return dict(base, fits=False, total=int(need[0] * 2**30) if need[0] == need[0] else 0,
+                xla_error=str(e).strip().splitlines()[-1][:300])
+  return dict(base, **dataclasses.asdict(got), total=got.total, fits=got.total <= hbm,
+              **estimate(got, chip, chips))
+
+
+def search_markdown(report: dict) -> str:
+  chip = report["chip_figures"]
+  lines = [f"Search for **{report['program']}** on **{report['topology']}** ({report['chips']} "
+           f"chips, {chip['hbm_gib']:g} GiB each), JAX {report['jax']}: "
+           f"{len(report['candidates'])} candidates compiled"
+           + ("" if report["complete"] else " (cut short by aot.search_budget_s: rerun to "
+              "continue)") + ".", "",
+           "| fsdp | remat | batch per chip | total GiB per chip | fits | images/s per chip "
+           "(est.) | compile s |", "|" + "---|" * 7]
+  for _, r in sorted(report["candidates"].items(),
+                     key=lambda kv: (kv[1]["per_chip"], -kv[1]["fsdp"], kv[1]["remat"])):
+    if "total" not in r:
+      lines.append(f"| {r['fsdp']} | {r['remat']} | {r['per_chip']} | – | – | {r['error']} | – |")
+      continue
+    ips = r.get("images_per_s_per_chip")
+    lines.append(f"| {r['fsdp']} | {r['remat']} | {r['per_chip']} | {_gib(r['total']):.3f} | "
+                 f"{'yes' if r['fits'] else 'no'} | {'–' if not ips else f'{ips:.4g}'} | "
+                 f"{r.get('compile_s', 0):.1f} |")
+  best = report.get("best")
+  lines += ["", "Best fitting choice (estimated images/s per chip): " +
+            ("none" if not best else "`" + " ".join(best["overrides"]) + "`")]
   return "\n".join(lines)

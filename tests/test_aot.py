@@ -102,3 +102,103 @@ def test_bad_topology_names_are_config_errors():
   if not HAVE_LIBTPU:
     with pytest.raises(ConfigError, match=r'pip install -e "\.\[tpu\]"'):
       aot.topology_devices("v5e:2x2")
+
+
+# ------------------------------------------------------------------------------------ search
+def _fake_compile(limit_bytes):
+  """A stand-in for aot._search_one: memory grows with the per-chip batch, shrinks with fsdp and
+  remat; remat costs FLOPs. Records the candidates compiled."""
+  from ibmd_jax import aot
+  seen = []
+
+  def one(config, devices, fsdp, remat, per_chip, program, chip, hbm):
+    seen.append((fsdp, remat, per_chip))
+    total = int((4e9 / fsdp + per_chip * (1e9 if remat == "none" else 0.3e9)))
+    flops = per_chip * len(devices) * 1e12 * (1.3 if remat == "full" else 1.0) / len(devices)
+    got = aot.Compiled(name=program, argument=total, output=0, alias=0, temp=0, code=0,
+                       flops=flops, bytes_accessed=0.0, optimal_seconds=None,
+                       collective=int(1e8 * (fsdp > 1)), compile_s=0.0,
+                       images=per_chip * len(devices))
+    return dict(fsdp=fsdp, remat=remat, per_chip=per_chip, **aot.dataclasses.asdict(got),
+                total=total, fits=total <= limit_bytes, **aot.estimate(got, chip, len(devices)))
+  return one, seen
+
+
+def test_search_order_pruning_cache_and_budget(tmp_path, monkeypatch):
+  """Smallest first; a (fsdp, remat) that failed at a batch is not tried larger; a later remat is
+  skipped where an earlier one fits; the winner is the best estimated images/s, printed as the
+  overrides; a budget stops it between compiles and a rerun compiles only what is left."""
+  from ibmd_jax import aot
+  assert aot.candidate_order(4, (), ("none", "full"), (2, 1))[:3] == [
+      (4, "none", 1), (4, "full", 1), (2, "none", 1)]
+  monkeypatch.setattr(aot, "topology_devices", lambda t: list(range(4)))
+  fake, seen = _fake_compile(limit_bytes=8e9)
+  monkeypatch.setattr(aot, "_search_one", fake)
+  c = load_config("bench64", "inpaint,tiny")
+  c.aot.search, c.aot.topology = True, "v5e:2x2"
+  c.aot.search_batches, c.aot.search_remat = (1, 2, 4, 8, 16), ("none", "full")
+  report = aot.search(c, str(tmp_path))
+  # fsdp=4 'none' holds 1e9 + b·1e9: fits up to b = 7 -> fails at 8 and is not tried at 16;
+  # 'full' is compiled only where 'none' does not fit.
+  assert (4, "none", 16) not in seen and (4, "full", 1) not in seen and (4, "full", 8) in seen
+  assert (1, "none", 8) in seen and (1, "none", 16) not in seen  # 4e9 + 8e9 > 8e9
+  assert (1, "full", 16) in seen and (1, "full", 4) not in seen
+  best = report["best"]
+  # The estimate is per-chip batch / compute time: every fitting choice ties except remat 'full'
+  # (1.3x the FLOPs). Ties go to the smallest fsdp, then the largest batch.
+  assert best["remat"] == "none" and best["fsdp"] == 1 and best["per_chip"] == 4, best
+  assert best["overrides"][:2] == ["--config.mesh.data=4", "--config.mesh.fsdp=1"]
+  assert best["overrides"][-1] == f"--config.distill.batch_size={best['per_chip'] * 4}"
+  assert (tmp_path / "aot_search.md").read_text().count("\n| ") == len(report["candidates"]) + 1
+  n = len(seen)
+  # A rerun of the same config compiles nothing; a budget stops a fresh search between compiles.
+  again = aot.search(c, str(tmp_path))
+  assert len(seen) == n and again["best"]["name"] == best["name"] and again["compiled_now"] == 0
+  c.aot.search_budget_s = 1e-9
+  other = tmp_path / "cut"
+  clock = iter(range(0, 10**6, 10))
+  monkeypatch.setattr(aot.time, "time", lambda: float(next(clock)))
+  cut = aot.search(c, str(other))
+  assert not cut["complete"] and cut["compiled_now"] == 1
+  c.aot.search_budget_s = 0.0
+  rest = aot.search(c, str(other))
+  assert rest["complete"] and rest["compiled_now"] == n - 1
+  assert rest["best"]["name"] == best["name"]
+
+
+def test_search_refuses_bad_settings(tmp_path, monkeypatch):
+  from ibmd_jax import aot
+  from ibmd_jax.errors import ConfigError
+  monkeypatch.setattr(aot, "topology_devices", lambda t: list(range(4)))
+  c = load_config("bench64", "inpaint,tiny")
+  c.aot.search = True
+  for key, value, match in (("search_program", "nope", "search_program"),
+                            ("search_remat", ("sometimes",), "unknown"),
+                            ("search_fsdp", (3,), "do not divide"),
+                            ("search_batches", (0,), "per-chip batch")):
+    d = c.copy_and_resolve_references()
+    d.aot[key] = value
+    with pytest.raises(ConfigError, match=match):
+      aot.search(d, str(tmp_path))
+
+
+@needs_libtpu
+def test_search_from_the_launcher_compiles_and_prints_the_overrides(tmp_path):
+  """The real compiler: the toy config's round for v5e:2x2, two meshes x one batch."""
+  env = dict(os.environ, PYTHONPATH=REPO, ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+  r = subprocess.run(
+      [sys.executable, "-m", "launch.main", "--config=configs/toy_cond.py",
+       f"--workdir={tmp_path}", "--config.mode=compile", "--config.aot.topology=v5e:2x2",
+       "--config.aot.search=True", "--config.aot.search_batches=(2,)",
+       "--config.aot.search_fsdp=(1,4)"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rep = json.load(open(tmp_path / "aot_search.json"))
+  assert set(rep["candidates"]) == {"fsdp=1,remat=none,per_chip=2", "fsdp=4,remat=none,per_chip=2"}
+  for cand in rep["candidates"].values():
+    assert cand["fits"] and cand["flops"] > 0 and cand["argument"] > 0
+  # fsdp=4 splits the state: its chips hold less and its collectives move more.
+  one, four = (rep["candidates"][f"fsdp={f},remat=none,per_chip=2"] for f in (1, 4))
+  assert four["argument"] < one["argument"] and four["collective"] > one["collective"]
+  assert " ".join(rep["best"]["overrides"]) in r.stdout
+  assert "--config.distill.batch_size=8" in rep["best"]["overrides"]
