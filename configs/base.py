@@ -120,6 +120,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.distill.multistep = "full_chain"  # full_chain (I2SB variant) | dmd2 (DDBM variant)
   c.distill.intermediate = "marginal"  # dmd2: marginal | posterior
   c.distill.ema = 0.99
+  # The frozen teacher's copy in the generator's loss: float32, or bfloat16 for half its memory
+  # per chip (its predictions then carry bf16 rounding; critic and generator start from float32).
+  c.distill.teacher_dtype = "float32"
   c.distill.gen_optimizer = optimizer_config("adam", 1e-4)
   c.distill.critic_optimizer = optimizer_config("adam", 1e-4)
 

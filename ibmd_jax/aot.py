@@ -147,7 +147,8 @@ def build_programs(config, task, mesh, which=PROGRAMS) -> dict:
     ib = evaluate.make_ibmd(config, task)
     fn, planned, teacher_sh = api.round_program(ib, task.net, teacher_abs, teacher_abs,
                                                 task.example(), opts, mesh)
-    t_abs = jax.tree.map(lambda x, s: _abstract(x, s), teacher_abs, teacher_sh)
+    t_abs = api.frozen_teacher(jax.tree.map(lambda x, s: _abstract(x, s), teacher_abs,
+                                            teacher_sh), opts.teacher_dtype)
     batch = batch_spec(task, "distill", opts.batch_size, mesh, group=opts.critic_steps + 1)
     out["round"] = (fn, (planned.abstract, t_abs, batch, _key(mesh)), opts.batch_size)
   if {"teacher_sampler", "student"} & set(which):

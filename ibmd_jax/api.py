@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 import grain
 import jax
+import jax.numpy as jnp
 
 from ibmd_jax import checkpointing as ckpt
 from ibmd_jax import sharding as shd
@@ -54,6 +55,7 @@ class DistillOptions:
   multistep: str = "full_chain"  # or 'dmd2'
   intermediate: str = "marginal"
   ema: float = 0.99
+  teacher_dtype: str = "float32"  # the frozen teacher's copy in the generator loss (or bfloat16)
   eta: float = 1.0  # the multi-step generator's DBIM η between calls
   gen_optimizer: dict = dataclasses.field(default_factory=lambda: _adam(1e-4))
   critic_optimizer: dict = dataclasses.field(default_factory=lambda: _adam(1e-4))
@@ -75,11 +77,32 @@ class DistillOptions:
                critic_steps=int(dc.critic_steps), z_channels=int(dc.z_channels),
                z_init_scale=float(dc.z_init_scale), n_steps=int(dc.n_steps),
                multistep=str(dc.multistep), intermediate=str(dc.intermediate),
-               ema=float(dc.ema), eta=float(config.sampler.eta),
+               ema=float(dc.ema), teacher_dtype=str(dc.get("teacher_dtype", "float32")),
+               eta=float(config.sampler.eta),
                gen_optimizer=dict(dc.gen_optimizer), critic_optimizer=dict(dc.critic_optimizer),
                seed=int(config.seed), log_every=int(config.log_every), checkpoint_every=int(cc.every),
                keep=int(cc.keep), best_metric=str(cc.best_metric), best_mode=str(cc.best_mode),
                **safety_options(config))
+
+
+TEACHER_DTYPES = ("float32", "bfloat16")
+
+
+def frozen_teacher(params: Any, dtype: str) -> Any:
+  """The teacher's parameters (arrays or ShapeDtypeStructs) as the generator loss holds them:
+  floating leaves in `dtype` (distill.teacher_dtype), the rest as they are."""
+  if dtype not in TEACHER_DTYPES:
+    raise ValueError(f"distill.teacher_dtype={dtype!r}: choose one of {TEACHER_DTYPES}")
+  want = jnp.dtype(dtype)
+
+  def one(x):
+    if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == want:
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(x.shape, want, sharding=x.sharding)
+    return x.astype(want)
+
+  return jax.tree.map(one, params)
 
 
 def json_options(opts: DistillOptions) -> dict:
@@ -166,7 +189,8 @@ def distill(*, teacher: Predictor, teacher_params: Any, net: NetDenoiser, init_p
               total_name="distill.rounds",
               directory=os.path.join(workdir, "checkpoints"), mesh=mesh,
               key=jax.random.key(opts.seed + 2),
-              extra=(jax.device_put(teacher_params, teacher_sh),), batch_axis=1,
+              extra=(jax.device_put(frozen_teacher(teacher_params, opts.teacher_dtype),
+                                    teacher_sh),), batch_axis=1,
               batch_size=opts.batch_size, rate_name="gen_samples_per_s",
               save_every=opts.checkpoint_every, keep=opts.keep, best_metric=opts.best_metric,
               best_mode=opts.best_mode, log_every=opts.log_every, deadline=deadline,

@@ -160,7 +160,10 @@ def test_reduced_benchmark_claims_point_the_right_way(tmp_path):
   report's (band-feature FD, pyramid SWD), computed from the runs' saved outputs; with 32 images
   the intervals are wide, so this asserts directions only and the benchmark proper decides.
   Measured (2 cores): FD input 149, teacher at NFE 1 / 2 / 4: 32.1 / 14.9 / 7.96, student 30.9,
-  never-updated generator 32.1; 345 s with a benchmark process sharing the two cores."""
+  never-updated generator 32.1; 217 s alone. This checks the benchmark's pipeline and report, not
+  the method: 30 rounds barely move the generator, and with the critic term's sign flipped the
+  student measures 30.3 and passes too; the method's own tests (tests/test_ibmd.py,
+  tests/test_toy_distillation.py) go red for that mutation."""
   from bench import bench_report
   c = _cpu_inpainting(30)
   runner.run(c, str(tmp_path / "1step"))

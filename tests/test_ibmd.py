@@ -146,3 +146,25 @@ def test_bad_variant_names_fail_clearly():
   bridge = Bridge()
   with pytest.raises(ValueError, match="multistep"):
     ibmd_lib.IBMD(bridge, None, None, None, multistep="dmd3")
+
+
+def test_a_bfloat16_frozen_teacher_halves_its_bytes_and_keeps_the_loss():
+  """distill.teacher_dtype=bfloat16: the teacher copy in the generator loss holds half the bytes;
+  the loss moves by bf16 rounding only (and does move: the copy really is bf16)."""
+  from ibmd_jax import api
+  bridge = Bridge(kind="vp", precond="edm")
+  net, teacher, critic, gen = _nets(bridge)
+  low = api.frozen_teacher(teacher, "bfloat16")
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  assert nbytes(low) * 2 == nbytes(teacher)
+  assert {x.dtype for x in jax.tree.leaves(low)} == {jnp.dtype(jnp.bfloat16)}
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), teacher)
+  assert jax.tree.leaves(api.frozen_teacher(shapes, "bfloat16"))[0].dtype == jnp.bfloat16
+  assert api.frozen_teacher({"n": jnp.arange(3)}, "bfloat16")["n"].dtype == jnp.int32
+  with pytest.raises(ValueError, match="teacher_dtype"):
+    api.frozen_teacher(teacher, "float8")
+  ib = ibmd_lib.IBMD(bridge=bridge, teacher=net, critic=net, generator=net, z_channels=2)
+  xT = jax.random.normal(jax.random.key(3), (B, D))
+  loss = lambda tp: ib.generator_loss(gen, critic, tp, {"xT": xT}, jax.random.key(5))[1]
+  full, half = loss(teacher)["teacher_term"], loss(low)["teacher_term"]
+  assert full != half and abs(float(half - full)) < 2e-2 * float(full)
