@@ -8,6 +8,11 @@
 #   bash bench/run_gpu.sh i2sb         # ~10 min: I2SB 256² compile cold/warm, rounds at B=16/4/8
 #   bash bench/run_gpu.sh sampling     # ~8 min: teacher NFE 1..1000 vs student 1/2/4 steps
 #   bash bench/run_gpu.sh sharded      # ~5 min: full-size layouts, sharded round on 8 CPU devices
+#   bash bench/run_gpu.sh one          # <= 9 min, issue 19's single call: matmul peak, the E->H 64²
+#                                      # round (B=64), the I2SB 256² round (B=8, remat full) with
+#                                      # its cold compile time, teacher vs student sampling (teacher
+#                                      # NFE 1, 10, 50 measured, 1000 extrapolated), each under its
+#                                      # own timeout (ONE_* below) so that the call ends in time
 #   bash bench/run_gpu.sh bench64      # the real-image benchmark at 64² (docs/results.md), 510 s
 #                                      # of its stages per call (call again to continue: its state
 #                                      # stays in $BENCH64_ROOT); needs .whl/ (bash
@@ -38,6 +43,7 @@ if [[ "$TINY" == 1 ]]; then
   NFE_I2SB=1,2,4; NFE_E2H=1,3; S_B_I2SB=2; S_B_E2H=2
   SH_I2SB="--preset micro"; SH_E2H="--preset micro --mesh 8x1"; SH_B=8
   PEAK_SIZES=256; PART_TIMEOUT=1800; B1=0; B2=0; B3=0
+  ONE_E2H_B=2; ONE_I2SB_B=2; ONE_NFE=1,4,16; ONE_T=(600 600 600 600 600 600)
 else
   I2SB=i2sb_imagenet256; E2H=ddbm_e2h64; DT=bf16; STEPS=5; WARM=2
   E2H_B=32,64,128; E2H_B2=64,128; I2SB_B=16; I2SB_B2=4; I2SB_B3=8
@@ -46,6 +52,9 @@ else
   SH_I2SB="--preset i2sb_imagenet256 --image_size 32"; SH_E2H="--preset ddbm_e2h64 --image_size 16"
   SH_B=8; PEAK_SIZES=4096,8192; PART_TIMEOUT=570
   B1=300; B2=200; B3=330  # --time_budget_s of the sweeps (s)
+  # part 'one': timeouts (s) of peak, e2h round, i2sb round, i2sb sampling, e2h sampling, flops;
+  # with start-up they sum to 520 s, inside the device tool's 9-minute call.
+  ONE_E2H_B=64; ONE_I2SB_B=8; ONE_NFE=1,10,50; ONE_T=(40 110 200 80 60 30)
 fi
 
 if [[ -d .whl ]]; then  # wheels the GPU image lacks (bench/gpu_wheels.sh): grain, ml-collections
@@ -133,6 +142,28 @@ part_sharded() {
       --out "$WORK/sharded/i2sb.json"
 }
 
+part_one() {  # issue 19: the GPU numbers in ONE call of at most 9 minutes; every step is cut by
+  # its timeout (a cut step leaves what it wrote and the next one runs)
+  local ONE_T; read -r -a ONE_T <<< "$ONE_T_S"
+  timeout "${ONE_T[0]}" "$PY" bench/matmul_peak.py --sizes "${PEAK_SIZES%%,*}" \
+      --out "$WORK/one/matmul_peak.json"
+  local pk; pk=$("$PY" -c "import json; print(json.load(open('$WORK/one/matmul_peak.json'))['peak_tflops'])" 2>/dev/null || echo 0)
+  timeout "${ONE_T[1]}" "$PY" bench/ibmd_round.py --dtype "$DT" --steps "$STEPS" --warmup "$WARM" \
+      --xla_cost off --preset "$E2H" --batch "$ONE_E2H_B" --remat none --peak_tflops "$pk" \
+      --out "$WORK/one/e2h_round.json"
+  timeout "${ONE_T[2]}" "$PY" bench/ibmd_round.py --dtype "$DT" --steps "$STEPS" --warmup "$WARM" \
+      --xla_cost off --preset "$I2SB" --batch "$ONE_I2SB_B" --remat full --peak_tflops "$pk" \
+      --out "$WORK/one/i2sb_round.json"
+  timeout "${ONE_T[3]}" "$PY" bench/sampling.py --preset "$I2SB" --batch "$S_B_I2SB" --dtype "$DT" \
+      --teacher_nfe "$ONE_NFE" --student_steps 1,2 --repeats 3 --max_point_s 20 \
+      --reference_nfe 1000 --out "$WORK/one/i2sb_sampling.json"
+  timeout "${ONE_T[4]}" "$PY" bench/sampling.py --preset "$E2H" --batch "$S_B_E2H" --dtype "$DT" \
+      --teacher_nfe "$ONE_NFE" --student_steps 1,2 --repeats 3 --max_point_s 15 \
+      --reference_nfe 1000 --out "$WORK/one/e2h_sampling.json"
+  timeout "${ONE_T[5]}" "$PY" bench/flops.py --out "$WORK/one/flops.json"
+  return 0
+}
+
 part_bench64() {  # issue 20: the three setups of docs/results.md at 64² (variant gpu9, sized by
   # the FLOP model for 9-minute calls): stages until 510 s are spent (exit 75: call again, the
   # stages resume), then the report with bootstrap intervals and the checks
@@ -150,21 +181,25 @@ part_bench64() {  # issue 20: the three setups of docs/results.md at 64² (varia
 }
 
 export PY DT STEPS WARM WORK CACHE I2SB E2H E2H_B E2H_B2 I2SB_B I2SB_B2 I2SB_B3 NFE_I2SB NFE_E2H \
-    S_B_I2SB S_B_E2H SH_I2SB SH_E2H SH_B PEAK_SIZES B1 B2 B3
+    S_B_I2SB S_B_E2H SH_I2SB SH_E2H SH_B PEAK_SIZES B1 B2 B3 ONE_E2H_B ONE_I2SB_B ONE_NFE
 export B64_ROOT OUT TINY
-export -f peak_json round_bench part_peak part_e2h part_i2sb part_sampling part_sharded part_bench64
+export ONE_T_S="${ONE_T[*]}"  # bash cannot export arrays: part_one rebuilds ONE_T from this
+export -f peak_json round_bench part_peak part_e2h part_i2sb part_sampling part_sharded part_bench64 \
+    part_one
 parts=("$@")
-[[ ${#parts[@]} -eq 0 ]] && { echo "usage: bash bench/run_gpu.sh PART [PART ...] (peak e2h i2sb sampling sharded bench64 | all)" >&2; exit 2; }
+[[ ${#parts[@]} -eq 0 ]] && { echo "usage: bash bench/run_gpu.sh PART [PART ...] (peak e2h i2sb sampling sharded bench64 one | all)" >&2; exit 2; }
 [[ "${parts[0]}" == all ]] && parts=(peak e2h i2sb sampling sharded)
 "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())" || exit 1
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.draw --format=csv
 status=0
 for part in "${parts[@]}"; do
-  case "$part" in peak|e2h|i2sb|sampling|sharded|bench64) ;; *) echo "unknown part $part" >&2; exit 2;; esac
+  case "$part" in peak|e2h|i2sb|sampling|sharded|bench64|one) ;; *) echo "unknown part $part" >&2; exit 2;; esac
   mkdir -p "$WORK/$part"
-  [[ "$part" != peak && "$part" != bench64 && ! -f "$WORK/peak/matmul_peak.json" ]] && { mkdir -p "$WORK/peak"; part_peak; }
+  [[ "$part" != peak && "$part" != bench64 && "$part" != one && ! -f "$WORK/peak/matmul_peak.json" ]] && { mkdir -p "$WORK/peak"; part_peak; }
   echo "=== $part ($(date -u +%T))"
-  timeout "$PART_TIMEOUT" bash -c "part_$part" 2>&1 | tee "$OUT/$part.log"
+  t=$PART_TIMEOUT
+  [[ "$part" == one && "$TINY" != 1 ]] && t=530  # the single 9-minute call, start-up included
+  timeout "$t" bash -c "part_$part" 2>&1 | tee "$OUT/$part.log"
   rc=${PIPESTATUS[0]}
   [[ $rc -ne 0 ]] && { echo "part $part exited with $rc" | tee -a "$OUT/$part.log"; status=1; }
   merge "$part"

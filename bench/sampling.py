@@ -172,8 +172,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   fit = linear_fit(measured)
   if ref in measured:
     ref_s, ref_src = measured[ref], "measured"
-  elif fit is not None:
+  elif fit is not None and fit[1] > 0:
     ref_s, ref_src = fit[0] + fit[1] * ref, "extrapolated"
+  elif fit is not None:  # timing noise larger than the NFE's cost: no line to extend
+    ref_s, ref_src = None, f"unavailable (the fit's slope {fit[1]:.3g} s per NFE is not positive)"
   else:
     ref_s, ref_src = None, "unavailable"
   out["teacher_fit"] = None if fit is None else {"intercept_s": fit[0], "s_per_nfe": fit[1]}
