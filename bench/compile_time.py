@@ -1,0 +1,98 @@
+r"""Where a TPU program's compile time goes: the launcher's program (compile mode's builder) compiled
+for a TPU slice by libtpu's compile-only client under config variants, with trace+lower and XLA
+compile timed apart and the program's size (StableHLO lines, optimised HLO instructions).
+
+  ALLOW_MULTIPLE_LIBTPU_LOAD=1 PYTHONPATH=. python bench/compile_time.py \
+      --config=configs/bench64.py:inpaint,tiny --topology=v5e:2x2 --program=round \
+      --variant=base: --variant=xla_conv_grad:model.conv_grad=xla \
+      --variant=critic5:distill.critic_steps=5 --out=/tmp/compile_time.json
+
+A variant is NAME:key=value[,key=value...] (config overrides, values parsed as Python literals or
+kept as strings). Needs libtpu (pip install -e ".[tpu]"). One variant at a time, in order; the
+JSON is rewritten after each.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import os
+import re
+import time
+
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+def load(spec: str):
+  path, _, arg = spec.partition(":")
+  mod_spec = importlib.util.spec_from_file_location("_cfg", path)
+  mod = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(mod)
+  return mod.get_config(arg) if arg else mod.get_config()
+
+
+def apply(config, overrides: str):
+  for item in filter(None, overrides.split(",")):
+    key, _, raw = item.partition("=")
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    node = config
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return config
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", required=True)
+  p.add_argument("--topology", default="v5e:2x2")
+  p.add_argument("--program", default="round")
+  p.add_argument("--variant", action="append", default=[])
+  p.add_argument("--out", default="")
+  args = p.parse_args(argv)
+  from ibmd_jax import aot
+  from ibmd_jax import sharding as shd
+  from ibmd_jax.tasks import make_task
+  devices = aot.topology_devices(args.topology)
+  rows = {}
+  for v in args.variant or ["base:"]:
+    name, _, overrides = v.partition(":")
+    c = apply(load(args.config), overrides)
+    c.mode, c.aot.topology = "compile", args.topology
+    mesh = shd.mesh_from_config(c, devices)
+    fn, fargs, _ = aot.build_programs(c, make_task(c), mesh, (args.program,))[args.program]
+    t0 = time.time()
+    lowered = fn.lower(*fargs)
+    t1 = time.time()
+    compiled = lowered.compile()
+    t2 = time.time()
+    hlo = compiled.as_text() or ""
+    rows[name] = {"overrides": overrides, "lower_s": t1 - t0, "compile_s": t2 - t1,
+                  "stablehlo_lines": lowered.as_text().count("\n"),
+                  "hlo_instructions": len(re.findall(r"^\s*(?:ROOT )?%\S+ = ", hlo, re.M)),
+                  "convolutions": len(re.findall(r" convolution\(", hlo)),
+                  "while_loops": len(re.findall(r" while\(", hlo))}
+    print(name, json.dumps(rows[name]), flush=True)
+    if args.out:
+      with open(args.out, "w") as f:
+        json.dump({"config": args.config, "topology": args.topology, "program": args.program,
+                   "variants": rows}, f, indent=1)
+  lines = ["| variant | overrides | lower s | compile s | StableHLO lines | HLO instructions | "
+           "convolutions | while loops |", "|---|---|---|---|---|---|---|---|"]
+  for name, r in rows.items():
+    lines.append(f"| {name} | `{r['overrides'] or '–'}` | {r['lower_s']:.1f} | {r['compile_s']:.1f}"
+                 f" | {r['stablehlo_lines']} | {r['hlo_instructions']} | {r['convolutions']} | "
+                 f"{r['while_loops']} |")
+  print("\n".join(lines))
+  if args.out:
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+      f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+  main()
