@@ -21,6 +21,8 @@ import os
 import re
 import time
 
+from ibmd_jax import checks
+
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
@@ -33,17 +35,19 @@ def load(spec: str):
 
 
 def apply(config, overrides: str):
+  """config with NAME:key=value,... overrides; an unknown key is an error naming it."""
+  flat = {}
   for item in filter(None, overrides.split(",")):
     key, _, raw = item.partition("=")
     try:
-      value = ast.literal_eval(raw)
+      checks._get(config, key)  # pylint: disable=protected-access
+    except (KeyError, AttributeError):
+      raise SystemExit(f"--variant override {key!r}: no such config key") from None
+    try:
+      flat[key] = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-      value = raw
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
+      flat[key] = raw
+  config.update_from_flattened_dict(flat)
   return config
 
 

@@ -335,14 +335,6 @@ BATCH_KEY = {"round": "distill.batch_size", "teacher_step": "teacher.batch_size"
 SEARCH_FILE = "aot_search.json"
 
 
-def _set(config, dotted: str, value) -> None:
-  node = config
-  *path, last = dotted.split(".")
-  for p in path:
-    node = node[p]
-  node[last] = value
-
-
 def _fingerprint(config) -> str:
   """What a cached candidate depends on besides its own choice: the config with the searched keys
   (mesh, remat, batches) and the search settings left out."""
@@ -486,11 +478,9 @@ def _search_one(config, devices, fsdp, remat, per_chip, program, chip, hbm) -> d
   from ibmd_jax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   chips = len(devices)
   c = config.copy_and_resolve_references()
-  _set(c, "mesh.data", chips // fsdp)
-  _set(c, "mesh.fsdp", fsdp)
-  if "remat" in c.model:
-    _set(c, "model.remat", remat)
-  _set(c, BATCH_KEY[program], per_chip * chips)
+  c.update_from_flattened_dict({"mesh.data": chips // fsdp, "mesh.fsdp": fsdp,
+                                BATCH_KEY[program]: per_chip * chips,
+                                **({"model.remat": remat} if "remat" in c.model else {})})
   base = {"fsdp": fsdp, "remat": remat, "per_chip": per_chip}
   try:
     mesh = shd.mesh_from_config(c, devices)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from ibmd_jax import checkpointing as ckpt
+from ibmd_jax.checks import TEACHER_DTYPES
 from ibmd_jax import sharding as shd
 from ibmd_jax import state as state_lib
 from ibmd_jax import steps
@@ -83,9 +84,6 @@ class DistillOptions:
                seed=int(config.seed), log_every=int(config.log_every), checkpoint_every=int(cc.every),
                keep=int(cc.keep), best_metric=str(cc.best_metric), best_mode=str(cc.best_mode),
                **safety_options(config))
-
-
-TEACHER_DTYPES = ("float32", "bfloat16")
 
 
 def frozen_teacher(params: Any, dtype: str) -> Any:

@@ -21,6 +21,7 @@ from absl import logging
 from ibmd_jax.errors import ConfigError, RunError, WorkdirLocked
 
 MODES = ("teacher", "distill", "eval", "pipeline", "compile")  # run modes (ibmd_jax.run)
+TEACHER_DTYPES = ("float32", "bfloat16")  # distill.teacher_dtype (ibmd_jax.api.frozen_teacher)
 
 
 def _get(config, key: str):
@@ -60,8 +61,7 @@ def check_config(config) -> None:
     need(key, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
   for key in ("teacher.optimizer.lr", "distill.gen_optimizer.lr", "distill.critic_optimizer.lr"):
     need(key, lambda v: v > 0, "must be > 0")
-  need("distill.teacher_dtype", lambda v: v in ("float32", "bfloat16"),
-       "must be float32 or bfloat16")
+  need("distill.teacher_dtype", lambda v: v in TEACHER_DTYPES, f"must be one of {TEACHER_DTYPES}")
   need("mesh.data", lambda v: v == -1 or v >= 1, "must be -1 (every device) or >= 1")
   need("mesh.fsdp", lambda v: v >= 1, "must be >= 1")
   need("guard.divergence_factor", lambda v: v == 0 or v > 1,

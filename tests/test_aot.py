@@ -30,12 +30,7 @@ def _config(topology, **kw):
   c.aot.topology = topology
   c.aot.programs = ("teacher_step",)
   c.teacher.batch_size = 16
-  for k, v in kw.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
+  c.update_from_flattened_dict(kw)
   return c
 
 
