@@ -8,8 +8,14 @@ compile timed apart and the program's size (StableHLO lines, optimised HLO instr
       --variant=critic5:distill.critic_steps=5 --out=/tmp/compile_time.json
 
 A variant is NAME:key=value[,key=value...] (config overrides, values parsed as Python literals or
-kept as strings). Needs libtpu (pip install -e ".[tpu]"). One variant at a time, in order; the
-JSON is rewritten after each.
+kept as strings); a key starting with ``xla.`` is an XLA compiler option instead (the rest of the
+key, e.g. ``xla.exec_time_optimization_effort=-1`` or ``xla.optimization_level=O1``), passed to
+``Lowered.compile(compiler_options=...)``. Needs libtpu (pip install -e ".[tpu]"). One variant at a
+time, in order; the JSON is rewritten after each.
+
+--passes=DIR dumps each variant's compile to DIR/NAME (XLA's module metadata) and adds where the
+time went: the HLO passes (the slowest, summed over their runs, by aot.pass_times) and the rest
+of the compile (the TPU backend's code generation after the last HLO pass).
 """
 from __future__ import annotations
 
@@ -34,11 +40,23 @@ def load(spec: str):
   return mod.get_config(arg) if arg else mod.get_config()
 
 
-def apply(config, overrides: str):
-  """config with NAME:key=value,... overrides; an unknown key is an error naming it."""
+def apply(config, overrides: str, options: dict | None = None):
+  """config with NAME:key=value,... overrides; an unknown key is an error naming it. ``xla.KEY``
+  items go to ``options`` (XLA compiler options) instead."""
   flat = {}
   for item in filter(None, overrides.split(",")):
     key, _, raw = item.partition("=")
+    if key.startswith("xla."):
+      if options is None:
+        raise SystemExit(f"--variant override {key!r}: XLA options are not taken here")
+      try:
+        options[key[4:]] = ast.literal_eval(raw)
+      except (ValueError, SyntaxError):
+        options[key[4:]] = raw
+      if key[4:] in ("optimization_level", "memory_fitting_level"):  # O0..O3 -> XLA's enum
+        from jax._src import config as jax_config  # pylint: disable=g-import-not-at-top
+        options[key[4:]] = jax_config.EffortLevel[str(raw)].value
+      continue
     try:
       checks._get(config, key)  # pylint: disable=protected-access
     except (KeyError, AttributeError):
@@ -58,6 +76,7 @@ def main(argv=None):
   p.add_argument("--program", default="round")
   p.add_argument("--variant", action="append", default=[])
   p.add_argument("--out", default="")
+  p.add_argument("--passes", default="", help="dump dir for XLA pass timings (per variant)")
   args = p.parse_args(argv)
   from ibmd_jax import aot
   from ibmd_jax import sharding as shd
@@ -66,22 +85,38 @@ def main(argv=None):
   rows = {}
   for v in args.variant or ["base:"]:
     name, _, overrides = v.partition(":")
-    c = apply(load(args.config), overrides)
+    options = {}
+    c = apply(load(args.config), overrides, options)
+    if args.passes:
+      dump = os.path.join(os.path.abspath(args.passes), name)
+      options.update(xla_dump_to=dump, xla_dump_module_metadata=True)
     c.mode, c.aot.topology = "compile", args.topology
     mesh = shd.mesh_from_config(c, devices)
     fn, fargs, _ = aot.build_programs(c, make_task(c), mesh, (args.program,))[args.program]
     t0 = time.time()
     lowered = fn.lower(*fargs)
     t1 = time.time()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=options or None)
     t2 = time.time()
+    mem = compiled.memory_analysis()
     hlo = compiled.as_text() or ""
     rows[name] = {"overrides": overrides, "lower_s": t1 - t0, "compile_s": t2 - t1,
                   "stablehlo_lines": lowered.as_text().count("\n"),
                   "hlo_instructions": len(re.findall(r"^\s*(?:ROOT )?%\S+ = ", hlo, re.M)),
                   "convolutions": len(re.findall(r" convolution\(", hlo)),
-                  "while_loops": len(re.findall(r" while\(", hlo))}
+                  "while_loops": len(re.findall(r" while\(", hlo)),
+                  "gib_per_chip": (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                                   - mem.alias_size_in_bytes + mem.temp_size_in_bytes) / 2**30}
+    del compiled, lowered  # XLA writes a module's pass metadata when it lets go of it
     print(name, json.dumps(rows[name]), flush=True)
+    if args.out:
+      with open(args.out, "w") as f:
+        json.dump({"config": args.config, "topology": args.topology, "program": args.program,
+                   "variants": rows}, f, indent=1)
+  if args.passes:  # read once every compile is done: the metadata files are written late
+    for name, r in rows.items():
+      r["passes"] = aot.pass_times(os.path.join(os.path.abspath(args.passes), name), r["compile_s"])
+      print(name, json.dumps(r["passes"]), flush=True)
     if args.out:
       with open(args.out, "w") as f:
         json.dump({"config": args.config, "topology": args.topology, "program": args.program,

@@ -102,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.teacher.ema = 0.999
   c.teacher.optimizer = optimizer_config("adam", 1e-3)
   c.teacher.save_every = 1000  # teacher training state saves (resume); 0: only at the end/stops
+  # Gradient accumulation: each step's batch in this many slices run one after another (activation
+  # memory / this; the update is the whole batch's). The per-device batch must divide by it.
+  c.teacher.microbatches = 1
 
   # Sampling: the DBIM η of the teacher's sampler (teacher grids, the first eval teacher sampler)
   # and of a multi-step student's steps between generator calls: 1 = ancestral (I2SB's DDPM
@@ -114,6 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.distill.rounds = 1000  # generator updates (the paper's "student grad updates")
   c.distill.batch_size = 256
   c.distill.critic_steps = 5  # L: critic updates per generator update (paper: 5)
+  c.distill.microbatches = 1  # gradient accumulation in critic and generator steps (as teacher.)
   c.distill.z_channels = -1  # generator noise channels: -1 = as many as the data, 0 = none
   c.distill.z_init_scale = 0.0  # std of z's input weights at the start (paper: 0)
   c.distill.n_steps = 1  # generator steps N
@@ -186,5 +190,8 @@ def get_config() -> ml_collections.ConfigDict:
                                          search=False, search_program="round",
                                          search_batches=(1, 2, 4, 8, 16, 32),
                                          search_remat=("none", "full"), search_fsdp=(),
-                                         search_budget_s=0.0))
+                                         search_budget_s=0.0,
+                                         # dump each compile (<workdir>/xla_dump) and report
+                                         # where its time went (XLA passes, backend)
+                                         pass_times=False))
   return c

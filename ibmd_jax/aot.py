@@ -195,9 +195,73 @@ class Compiled:
     return self.argument + self.output - self.alias + self.temp + self.code
 
 
-def compile_one(name: str, fn, args, images: int) -> Compiled:
+_PASS = re.compile(r'pass_metadata \{(.*?)\n\}', re.S)
+
+
+def _field(block: str, name: str) -> str:
+  m = re.search(rf'\b{name}: "?([^"\n]*)"?', block)
+  return m.group(1) if m else ""
+
+
+def pass_times(dump_dir: str, compile_s: Optional[float] = None, top: int = 12) -> dict:
+  """Where XLA's compile time went, from a dump made with the compiler options
+  ``xla_dump_to=dump_dir, xla_dump_module_metadata=True``: each HLO pass's own seconds (nested
+  pipelines' passes taken out of their parents), summed over its runs, the slowest ``top``; the
+  seconds covered by HLO passes; and, given the compile's wall time, the rest (the TPU backend's
+  code generation, which the metadata does not time)."""
+  spans = []
+  for root, _, files in os.walk(dump_dir):
+    for f in files:
+      if f.endswith(".metadata.textproto"):
+        with open(os.path.join(root, f)) as fh:
+          for block in _PASS.findall(fh.read()):
+            spans.append((int(_field(block, "start_timestamp_usec") or 0),
+                          int(_field(block, "end_timestamp_usec") or 0),
+                          _field(block, "pass_name"), _field(block, "pipeline_name")))
+  spans.sort(key=lambda s: (s[0], -s[1]))
+  own, stack = {}, []  # stack of [end, key, own_us]
+
+  def close(until):
+    while stack and stack[-1][0] <= until:
+      end, key, us = stack.pop()
+      own[key] = own.get(key, 0) + us
+
+  covered, last_end = 0, 0
+  for a, b, name, pipe in spans:
+    close(a)
+    if stack:
+      stack[-1][2] -= b - a  # a nested pass: not its parent's own time
+    stack.append([b, f"{pipe}/{name}", b - a])
+    covered += max(0, b - max(a, last_end))
+    last_end = max(last_end, b)
+  close(float("inf"))
+  slow = sorted(own.items(), key=lambda kv: -kv[1])[:top]
+  out = {"hlo_passes_s": covered / 1e6, "passes": len(spans),
+         "slowest": {k: round(v / 1e6, 2) for k, v in slow}}
+  # The phases from the dump files' times: HLO optimisation (before_optimizations ->
+  # after_optimizations_before_buffer_assignment), buffer assignment, backend code generation
+  # (-> after_codegen).
+  stamps = {}
+  for root, _, files in os.walk(dump_dir):
+    for f in files:
+      for tag in ("before_optimizations.txt", "after_optimizations_before_buffer_assignment.txt",
+                  "after_optimizations_after_buffer_assignment.txt", "after_codegen.txt"):
+        if f.endswith(tag):
+          stamps[tag] = max(stamps.get(tag, 0.0), os.path.getmtime(os.path.join(root, f)))
+  order = ["before_optimizations.txt", "after_optimizations_before_buffer_assignment.txt",
+           "after_optimizations_after_buffer_assignment.txt", "after_codegen.txt"]
+  if all(t in stamps for t in order):
+    out["phases_s"] = {"hlo_optimisation": stamps[order[1]] - stamps[order[0]],
+                       "buffer_assignment": stamps[order[2]] - stamps[order[1]],
+                       "backend_codegen": stamps[order[3]] - stamps[order[2]]}
+  if compile_s is not None:
+    out["rest_s"] = compile_s - covered / 1e6
+  return out
+
+
+def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None) -> Compiled:
   t0 = time.time()
-  compiled = fn.lower(*args).compile()
+  compiled = fn.lower(*args).compile(compiler_options=options or None)
   dt = time.time() - t0
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis() or {}
@@ -261,14 +325,18 @@ def run(config, workdir: str, task=None) -> dict:
   programs = build_programs(config, task, mesh, which)
   hbm = chip["hbm_gib"] * 2**30
   rows, results = [], {}
+  dump = os.path.join(os.path.abspath(workdir), "xla_dump") if ac.get("pass_times") else ""
   for name in which:
     if name not in programs:
       continue
     fn, args, images = programs[name]
     print(f"[compile] {name} for {topology} ({len(devices)} chips, mesh "
           f"{dict(mesh.shape)}) ...", flush=True)
+    options = None
+    if dump:
+      options = dict(xla_dump_to=os.path.join(dump, name), xla_dump_module_metadata=True)
     try:
-      c = compile_one(name, fn, args, images)
+      c = compile_one(name, fn, args, images, options)
     except Exception as e:  # XLA refuses a program that cannot fit: RESOURCE_EXHAUSTED
       need = _xla_oom(str(e))
       if need is None:
@@ -283,6 +351,11 @@ def run(config, workdir: str, task=None) -> dict:
     rows.append(c)
     print(f"[compile] {name}: {_gib(c.total):.2f} GiB of {chip['hbm_gib']:g} per chip, "
           f"{c.flops / 1e12:.3g} TFLOP per chip, compiled in {c.compile_s:.1f} s", flush=True)
+  if dump:  # read after every compile: XLA writes a module's pass metadata late
+    jax.clear_caches()
+    for name, r in results.items():
+      if "compile_s" in r:
+        r["pass_times"] = pass_times(os.path.join(dump, name), r["compile_s"])
   report = {"topology": topology, "chip": kind, "chips": len(devices),
             "mesh": {k: int(v) for k, v in mesh.shape.items()}, "chip_figures": chip,
             "jax": jax.__version__, "programs": results}
@@ -325,6 +398,14 @@ def markdown(report: dict) -> str:
         f" | {r['flops'] / 1e12:.4g} | {_gib(r['collective']):.4g} | {'–' if opt is None else f'{opt:.4g}'} | "
         f"{r['roofline_s']:.4g} ({r['bound']}) | {'–' if ips is None else f'{ips:.4g}'} | "
         f"{r['compile_s']:.1f} |")
+  for name, r in report["programs"].items():
+    pt = r.get("pass_times")
+    if pt:
+      slow = ", ".join(f"{k} {v:.1f} s" for k, v in list(pt["slowest"].items())[:5])
+      phases = ", ".join(f"{k} {v:.1f} s" for k, v in pt.get("phases_s", {}).items())
+      lines.append(f"\n{name}: compiled in {r['compile_s']:.1f} s; XLA's HLO passes "
+                   f"{pt['hlo_passes_s']:.1f} s (slowest: {slow}); phases from the dump: "
+                   f"{phases or 'not dumped'}.")
   return "\n".join(lines)
 
 

@@ -50,6 +50,7 @@ class DistillOptions:
   rounds: int = 1000  # generator updates
   batch_size: int = 256  # global
   critic_steps: int = 5  # L critic updates per generator update (paper: 5)
+  microbatches: int = 1  # gradient accumulation: each step's batch in this many slices
   z_channels: int = -1  # generator noise channels; -1 = as many as the data has, 0 = none
   z_init_scale: float = 0.0  # std of the noise weights at the start (paper: 0)
   n_steps: int = 1
@@ -75,7 +76,8 @@ class DistillOptions:
   def from_config(cls, config) -> "DistillOptions":
     dc, cc = config.distill, config.checkpoint
     return cls(rounds=int(dc.rounds), batch_size=int(dc.batch_size),
-               critic_steps=int(dc.critic_steps), z_channels=int(dc.z_channels),
+               critic_steps=int(dc.critic_steps), microbatches=int(dc.get("microbatches", 1)),
+               z_channels=int(dc.z_channels),
                z_init_scale=float(dc.z_init_scale), n_steps=int(dc.n_steps),
                multistep=str(dc.multistep), intermediate=str(dc.intermediate),
                ema=float(dc.ema), teacher_dtype=str(dc.get("teacher_dtype", "float32")),
@@ -147,7 +149,8 @@ def round_program(ib: IBMD, net: NetDenoiser, init_params: Any, teacher_params: 
   teacher's shardings): what distillation runs, and what compile mode (ibmd_jax.aot) compiles.
   init_params / teacher_params may be ShapeDtypeStructs."""
   planned, gen_tx, critic_tx = plan_state(ib, net, init_params, example, opts, mesh)
-  _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, opts.ema)
+  shd.check_batch(mesh, opts.batch_size // opts.microbatches, "distill.batch_size / microbatches")
+  _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, opts.ema, opts.microbatches)
   teacher_sh = shd.state_shardings(mesh, teacher_params)
   return shd.jit_round(round_step, mesh, planned.shardings, teacher_sh), planned, teacher_sh
 

@@ -50,9 +50,14 @@ def check_config(config) -> None:
   positive = (lambda v: int(v) == v and v >= 1, "must be a whole number >= 1")
   for key in ("teacher.steps", "teacher.batch_size", "distill.rounds", "distill.batch_size",
               "distill.critic_steps", "distill.n_steps", "eval.batch_size", "checkpoint.every",
+              "teacher.microbatches", "distill.microbatches",
               "checkpoint.keep", "log_every", "eval.num_conditions",
               "eval.samples_per_condition", "data.channels", "data.image_size", "data.dim"):
     need(key, *positive)
+  for what in ("teacher", "distill"):
+    need(f"{what}.batch_size",
+         lambda v, w=what: int(v) % int(_get(config, f"{w}.microbatches")) == 0,
+         f"must split into {what}.microbatches equal slices")
   need("teacher.save_every", lambda v: int(v) == v and v >= 0,
        "must be >= 0 (0: save the teacher's training state only at the end and on stops)")
   need("mode", lambda v: v in MODES, f"must be one of {MODES}")

@@ -28,11 +28,14 @@ def teacher_program(config, task: Task, mesh) -> tuple[Any, state_lib.Planned]:
   tc = config.teacher
   key = jax.random.key(int(config.seed))
   shd.check_batch(mesh, int(tc.batch_size), "teacher.batch_size")
+  micro = int(tc.get("microbatches", 1))
+  shd.check_batch(mesh, int(tc.batch_size) // micro, "teacher.batch_size / teacher.microbatches")
   tx = make_optimizer(tc.optimizer, total_steps=int(tc.steps))
   planned = state_lib.teacher_state(task.net, task.example(), tx, jax.random.fold_in(key, 0), mesh)
   step_fn = jax.jit(
       steps.make_teacher_step(task.net, task.bridge, tx, float(tc.ema),
-                              dropout=float(config.model.get("dropout", 0.0)) > 0),
+                              dropout=float(config.model.get("dropout", 0.0)) > 0,
+                              microbatches=micro),
       in_shardings=(planned.shardings, shd.batch_sharding(mesh), shd.replicated(mesh)),
       out_shardings=(planned.shardings, shd.replicated(mesh)), donate_argnums=0)
   return step_fn, planned

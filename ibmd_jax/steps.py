@@ -31,6 +31,43 @@ def _finite(*values) -> jax.Array:
   return ok.astype(jnp.float32)
 
 
+def microbatched(loss_fn: Callable, microbatches: int = 1, has_aux: bool = False) -> Callable:
+  """value_and_grad of `loss_fn(params, *frozen, batch, key)` in the first argument, as the mean
+  over `microbatches` slices of the batch computed one after another (gradient accumulation):
+  activations are held for one slice at a time, so a step's activation memory falls by about that
+  factor while the update stays that of the whole batch (the mean of the slices' losses and
+  gradients). Slice i holds rows i, i + m, i + 2m, ... (a strided split, so every device keeps its
+  share of each slice) and draws its randomness from fold_in(key, i). microbatches = 1 is plain
+  jax.value_and_grad."""
+  vg = jax.value_and_grad(loss_fn, has_aux=has_aux)
+  m = int(microbatches)
+  if m < 1:
+    raise ValueError(f"microbatches must be >= 1, got {m}")
+  if m == 1:
+    return vg
+
+  def split(x):
+    if x.shape[0] % m:
+      raise ValueError(f"a batch of {x.shape[0]} rows does not split into {m} microbatches")
+    return jnp.swapaxes(x.reshape((x.shape[0] // m, m) + x.shape[1:]), 0, 1)
+
+  def fn(params, *args):
+    *frozen, batch, key = args
+    parts = jax.tree.map(split, batch)
+
+    def body(acc, inp):
+      i, part = inp
+      out = vg(params, *frozen, part, jax.random.fold_in(key, i))
+      return jax.tree.map(jnp.add, acc, out), None
+
+    zero = jax.eval_shape(vg, params, *frozen, jax.tree.map(lambda x: x[0], parts), key)
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
+    total, _ = jax.lax.scan(body, zero, (jnp.arange(m), parts))
+    return jax.tree.map(lambda x: x / m, total)
+
+  return fn
+
+
 # ---------------------------------------------------------------------- teacher (bridge matching)
 @flax.struct.dataclass
 class TeacherState:
@@ -60,12 +97,16 @@ def bridge_matching_loss(params, predict: Predictor, bridge: Bridge, batch: dict
 
 
 def make_teacher_step(predict: Predictor, bridge: Bridge, tx: optax.GradientTransformation,
-                      ema_decay: float = 0.99, dropout: bool = False) -> Callable:
-  """step(state, batch, key) -> (state, {loss, grad_norm, finite})."""
+                      ema_decay: float = 0.99, dropout: bool = False,
+                      microbatches: int = 1) -> Callable:
+  """step(state, batch, key) -> (state, {loss, grad_norm, finite}); microbatches: gradient
+  accumulation over that many slices of the batch (see `microbatched`)."""
+  loss_grad = microbatched(
+      lambda params, batch, key: bridge_matching_loss(params, predict, bridge, batch, key, dropout),
+      microbatches)
 
   def step(state: TeacherState, batch: dict, key):
-    loss, grads = jax.value_and_grad(bridge_matching_loss)(state.params, predict, bridge, batch,
-                                                           key, dropout)
+    loss, grads = loss_grad(state.params, batch, key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     gnorm = optax.global_norm(grads)
@@ -98,22 +139,25 @@ def ibmd_state(gen_params, critic_params, gen_tx, critic_tx) -> IBMDState:
                    gen_ema=jax.tree.map(jnp.copy, gen_params))
 
 
-def make_ibmd_steps(ibmd: IBMD, gen_tx, critic_tx, ema_decay: float = 0.99):
+def make_ibmd_steps(ibmd: IBMD, gen_tx, critic_tx, ema_decay: float = 0.99,
+                    microbatches: int = 1):
   """Pure critic_step, generator_step and the fused round (L critic steps, then one generator step).
 
   batches for a round carry a leading axis of L + 1: critic steps use batches[:L], the generator
-  step the last one, so every step sees fresh xT as in Algorithm 1.
+  step the last one, so every step sees fresh xT as in Algorithm 1. microbatches: each step's
+  gradient accumulated over that many slices of its batch (see `microbatched`).
   """
+  critic_grad = microbatched(ibmd.critic_loss, microbatches)
+  gen_grad = microbatched(ibmd.generator_loss, microbatches, has_aux=True)
 
   def critic_step(state: IBMDState, batch, key):
-    loss, grads = jax.value_and_grad(ibmd.critic_loss)(state.critic, state.gen, batch, key)
+    loss, grads = critic_grad(state.critic, state.gen, batch, key)
     updates, opt = critic_tx.update(grads, state.critic_opt, state.critic)
     state = state.replace(critic=optax.apply_updates(state.critic, updates), critic_opt=opt)
     return state, {"critic_loss": loss, "critic_grad_norm": optax.global_norm(grads)}
 
   def generator_step(state: IBMDState, teacher_params, batch, key):
-    (loss, aux), grads = jax.value_and_grad(ibmd.generator_loss, has_aux=True)(
-        state.gen, state.critic, teacher_params, batch, key)
+    (loss, aux), grads = gen_grad(state.gen, state.critic, teacher_params, batch, key)
     updates, opt = gen_tx.update(grads, state.gen_opt, state.gen)
     gen = optax.apply_updates(state.gen, updates)
     state = state.replace(step=state.step + 1, gen=gen, gen_opt=opt,
