@@ -173,6 +173,19 @@ def build_programs(config, task, mesh, which=PROGRAMS) -> dict:
   return out
 
 
+def argument_bytes(args) -> int:
+  """Bytes of a program's arguments on one chip, from their shapes and shardings (no compile;
+  TPU tile padding not counted): what the chip holds before any activation."""
+  total = 0
+  for x in jax.tree.leaves(args):
+    shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None \
+        else x.shape
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      continue  # a PRNG key: a few bytes
+    total += int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+  return total
+
+
 @dataclasses.dataclass
 class Compiled:
   name: str
@@ -330,8 +343,15 @@ def run(config, workdir: str, task=None) -> dict:
     if name not in programs:
       continue
     fn, args, images = programs[name]
+    pre = argument_bytes(args)
+    if pre > hbm:  # the state alone does not fit: no need to spend minutes compiling
+      results[name] = {"fits": False, "total": pre, "hbm": int(hbm), "argument": pre,
+                       "reason": f"its arguments alone (state, batch: {_gib(pre):.2f} GiB per "
+                                    "chip from their shapes) exceed the chip's HBM; not compiled"}
+      print(f"[compile] {name}: does not fit, {results[name]['reason']}", flush=True)
+      continue
     print(f"[compile] {name} for {topology} ({len(devices)} chips, mesh "
-          f"{dict(mesh.shape)}) ...", flush=True)
+          f"{dict(mesh.shape)}; arguments {_gib(pre):.2f} GiB per chip) ...", flush=True)
     options = None
     if dump:
       options = dict(xla_dump_to=os.path.join(dump, name), xla_dump_module_metadata=True)
@@ -370,7 +390,8 @@ def run(config, workdir: str, task=None) -> dict:
     raise DoesNotFit("; ".join(
         f"{n} needs {_gib(r['total']):.2f} GiB per chip, {_gib(r['total'] - hbm):.2f} GiB more "
         f"than a {kind} chip's {chip['hbm_gib']:g} GiB"
-        + (f" (XLA: {r['xla_error']})" if "xla_error" in r else "") for n, r in over)
+        + (f" (XLA: {r['xla_error']})" if "xla_error" in r else "")
+        + (f" ({r['reason']})" if "reason" in r else "") for n, r in over)
         + " (try mesh.fsdp, model.remat, a smaller batch, or aot.search=True)")
   return report
 
@@ -386,9 +407,10 @@ def markdown(report: dict) -> str:
            "GiB | fits | TFLOP / chip | collectives GiB / chip | XLA optimal_seconds (est.) | "
            "roofline s (est.) | images/s per chip (est.) | compile s |", "|" + "---|" * 13]
   for name, r in report["programs"].items():
-    if "xla_error" in r:
-      lines.append(f"| {name} | – | – | – | – | {_gib(r['total']):.3f} (XLA) | **no** | – | – | – "
-                   f"| – | – | – |")
+    if "xla_error" in r or "reason" in r:
+      how = "XLA" if "xla_error" in r else "arguments, from shapes"
+      lines.append(f"| {name} | – | – | – | – | {_gib(r['total']):.3f} ({how}) | **no** | – | – | "
+                   f"– | – | – | – |")
       continue
     ips = r["images_per_s_per_chip"]
     opt = r["optimal_seconds"]
@@ -566,6 +588,10 @@ def _search_one(config, devices, fsdp, remat, per_chip, program, chip, hbm) -> d
   try:
     mesh = shd.mesh_from_config(c, devices)
     fn, args, images = build_programs(c, tasks_lib.make_task(c), mesh, (program,))[program]
+    pre = argument_bytes(args)
+    if pre > hbm:  # the state alone is too big: not worth minutes of compiling
+      return dict(base, fits=False, total=pre, compile_s=0.0,
+                  reason="arguments alone exceed HBM (from shapes; not compiled)")
     got = compile_one(program, fn, args, images)
   except (ConfigError, ValueError) as e:  # e.g. a batch the mesh cannot split
     return dict(base, error=str(e).splitlines()[0][:300])

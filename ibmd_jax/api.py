@@ -51,6 +51,7 @@ class DistillOptions:
   batch_size: int = 256  # global
   critic_steps: int = 5  # L critic updates per generator update (paper: 5)
   microbatches: int = 1  # gradient accumulation: each step's batch in this many slices
+  split_round: bool = False  # the round as two programs compiled at once (sharding.jit_round)
   z_channels: int = -1  # generator noise channels; -1 = as many as the data has, 0 = none
   z_init_scale: float = 0.0  # std of the noise weights at the start (paper: 0)
   n_steps: int = 1
@@ -77,6 +78,7 @@ class DistillOptions:
     dc, cc = config.distill, config.checkpoint
     return cls(rounds=int(dc.rounds), batch_size=int(dc.batch_size),
                critic_steps=int(dc.critic_steps), microbatches=int(dc.get("microbatches", 1)),
+               split_round=bool(dc.get("split_round", False)),
                z_channels=int(dc.z_channels),
                z_init_scale=float(dc.z_init_scale), n_steps=int(dc.n_steps),
                multistep=str(dc.multistep), intermediate=str(dc.intermediate),
@@ -152,7 +154,8 @@ def round_program(ib: IBMD, net: NetDenoiser, init_params: Any, teacher_params: 
   shd.check_batch(mesh, opts.batch_size // opts.microbatches, "distill.batch_size / microbatches")
   _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, opts.ema, opts.microbatches)
   teacher_sh = shd.state_shardings(mesh, teacher_params)
-  return shd.jit_round(round_step, mesh, planned.shardings, teacher_sh), planned, teacher_sh
+  fn = shd.jit_round(round_step, mesh, planned.shardings, teacher_sh, split=opts.split_round)
+  return fn, planned, teacher_sh
 
 
 def distill(*, teacher: Predictor, teacher_params: Any, net: NetDenoiser, init_params: Any,

@@ -100,9 +100,81 @@ def to_host(tree):
   return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
-def jit_round(round_step, mesh: Mesh, state_shardings, teacher_shardings):
-  """jit of the fused IBMD round with explicit in/out shardings and the state donated."""
+def jit_round(round_step, mesh: Mesh, state_shardings, teacher_shardings, split: bool = False):
+  """jit of the IBMD round with explicit in/out shardings and the state donated. split=True: the
+  round as two programs, its critic steps and its generator step (`round_step.phases`, see
+  steps.make_ibmd_steps), called one after the other: same numbers, one more dispatch per round,
+  and the two compile at once in two threads (`SplitRound.lower(...).compile()`), so the wall
+  time of the compile is about the larger program's instead of the sum."""
   rep = replicated(mesh)
-  return jax.jit(round_step,
-                 in_shardings=(state_shardings, teacher_shardings, batch_sharding(mesh, 1), rep),
-                 out_shardings=(state_shardings, rep), donate_argnums=0)
+  batch_sh = batch_sharding(mesh, 1)
+  if not split:
+    return jax.jit(round_step, in_shardings=(state_shardings, teacher_shardings, batch_sh, rep),
+                   out_shardings=(state_shardings, rep), donate_argnums=0)
+  critic_phase, generator_phase = round_step.phases
+  critic = jax.jit(critic_phase, in_shardings=(state_shardings, batch_sh, rep),
+                   out_shardings=(state_shardings, rep), donate_argnums=0)
+  generator = jax.jit(generator_phase,
+                      in_shardings=(state_shardings, teacher_shardings, batch_sh, rep, rep),
+                      out_shardings=(state_shardings, rep), donate_argnums=0)
+  return SplitRound(critic, generator)
+
+
+class SplitRound:
+  """The round as its critic program then its generator program (jit_round(split=True))."""
+
+  def __init__(self, critic, generator):
+    self.critic, self.generator = critic, generator
+
+  def __call__(self, state, teacher, batches, key):
+    state, critic_metrics = self.critic(state, batches, key)
+    return self.generator(state, teacher, batches, key, critic_metrics)
+
+  def lower(self, state, teacher, batches, key) -> "_SplitLowered":
+    lowered = self.critic.lower(state, batches, key)
+    metrics = lowered.out_info[1]
+    return _SplitLowered(lowered, self.generator.lower(state, teacher, batches, key, metrics))
+
+
+class _SplitLowered:
+  def __init__(self, critic, generator):
+    self.parts = (critic, generator)
+
+  def as_text(self) -> str:
+    return "\n".join(p.as_text() for p in self.parts)
+
+  def compile(self, compiler_options=None) -> "SplitCompiled":
+    """Both programs compiled at once, one thread each (XLA's compile releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor  # pylint: disable=g-import-not-at-top
+    with ThreadPoolExecutor(2) as pool:
+      futures = [pool.submit(p.compile, compiler_options=compiler_options) for p in self.parts]
+      return SplitCompiled(*[f.result() for f in futures])
+
+
+class SplitCompiled:
+  """What compile mode reads off a compiled round made of two programs: the memory of the larger
+  one (they run one after the other, the state donated from one to the next), the sum of their
+  costs and collectives."""
+
+  def __init__(self, critic, generator):
+    self.parts = (critic, generator)
+
+  def memory_analysis(self):
+    def total(m):
+      return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+              + m.temp_size_in_bytes)
+    return max((p.memory_analysis() for p in self.parts), key=total)
+
+  def cost_analysis(self) -> dict:
+    out = {}
+    for p in self.parts:
+      cost = p.cost_analysis() or {}
+      if isinstance(cost, list):
+        cost = cost[0] if cost else {}
+      for k, v in cost.items():
+        if isinstance(v, (int, float)):
+          out[k] = out.get(k, 0.0) + v
+    return out
+
+  def as_text(self) -> str:
+    return "\n".join(p.as_text() or "" for p in self.parts)

@@ -164,7 +164,8 @@ def make_ibmd_steps(ibmd: IBMD, gen_tx, critic_tx, ema_decay: float = 0.99,
                           gen_ema=ema_update(state.gen_ema, gen, ema_decay))
     return state, {"gen_loss": loss, "gen_grad_norm": optax.global_norm(grads), **aux}
 
-  def round_step(state: IBMDState, teacher_params, batches, key):
+  def critic_phase(state: IBMDState, batches, key):
+    """The round's L critic steps (a scan): (state, the critic metrics' means)."""
     n_critic = jax.tree.leaves(batches)[0].shape[0] - 1
     key = jax.random.fold_in(key, state.step)
     critic_batches = jax.tree.map(lambda b: b[:n_critic], batches)
@@ -174,15 +175,26 @@ def make_ibmd_steps(ibmd: IBMD, gen_tx, critic_tx, ema_decay: float = 0.99,
       return critic_step(st, batch, jax.random.fold_in(key, i))
 
     state, cm = jax.lax.scan(body, state, (jnp.arange(n_critic), critic_batches))
+    return state, {k: jnp.mean(v) for k, v in cm.items()}
+
+  def generator_phase(state: IBMDState, teacher_params, batches, key, critic_metrics):
+    """The round's generator step on the last batch, and the round's metrics."""
+    n_critic = jax.tree.leaves(batches)[0].shape[0] - 1
+    key = jax.random.fold_in(key, state.step)
     gen_batch = jax.tree.map(lambda b: b[n_critic], batches)
     state, gm = generator_step(state, teacher_params, gen_batch, jax.random.fold_in(key, n_critic))
-    metrics = {k: jnp.mean(v) for k, v in cm.items()}
+    metrics = dict(critic_metrics)
     metrics.update(gm)
     # The estimated objective gap E λ‖x̂0* − x0‖² − E λ‖x̂0^φ − x0‖² (≥ 0 at the critic's optimum).
     metrics["objective_gap"] = gm["gen_loss"]
-    metrics["finite"] = _finite(cm["critic_loss"], cm["critic_grad_norm"], gm["gen_loss"],
-                                gm["gen_grad_norm"], optax.global_norm(state.gen),
+    metrics["finite"] = _finite(critic_metrics["critic_loss"], critic_metrics["critic_grad_norm"],
+                                gm["gen_loss"], gm["gen_grad_norm"], optax.global_norm(state.gen),
                                 optax.global_norm(state.critic))
     return state, metrics
 
+  def round_step(state: IBMDState, teacher_params, batches, key):
+    state, cm = critic_phase(state, batches, key)
+    return generator_phase(state, teacher_params, batches, key, cm)
+
+  round_step.phases = (critic_phase, generator_phase)  # the round as two programs (jit_round)
   return critic_step, generator_step, round_step

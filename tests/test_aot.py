@@ -221,3 +221,21 @@ def test_a_bfloat16_frozen_teacher_shrinks_the_rounds_arguments_by_half_the_teac
   # the 251,652 that half the teacher's unpadded bytes make.
   saved = args["float32"] - args["bfloat16"]
   assert abs(saved - teacher_bytes / 2) < 0.05 * teacher_bytes / 2, (args, teacher_bytes)
+
+
+@needs_libtpu
+def test_a_state_bigger_than_the_chip_is_refused_before_compiling(tmp_path):
+  """Arguments that alone exceed HBM (from their shapes and shardings) are reported without
+  spending minutes in XLA, and the bytes reported are at least the planned state's per chip."""
+  from ibmd_jax import aot, run
+  from ibmd_jax.aot import DoesNotFit
+  c = _config("v5e:2x2", **{"model.model_channels": 2048})  # 3.4 G parameters: 50 GiB of state
+  with pytest.raises(DoesNotFit, match=r"teacher_step needs .* \(its arguments alone"):
+    run.run(c, str(tmp_path))
+  rec = json.load(open(tmp_path / "aot.json"))["programs"]["teacher_step"]
+  assert not rec["fits"] and "compile_s" not in rec and rec["argument"] > 16 * 2**30
+  from ibmd_jax import programs, sharding as shd
+  from ibmd_jax.tasks import make_task
+  mesh = shd.mesh_from_config(c, aot.topology_devices("v5e:2x2"))
+  _, planned = programs.teacher_program(c, make_task(c), mesh)
+  assert rec["argument"] >= _state_bytes_per_chip(planned.abstract)

@@ -11,7 +11,7 @@ from ibmd_jax import api, evaluate, steps, tasks
 from ibmd_jax import run as runner
 
 
-def _round(mesh_devices, data, fsdp):
+def _round(mesh_devices, data, fsdp, split=False):
   cfg = toy_cond.get_config()
   cfg.model.width = 256  # big enough that FSDP really splits the dense kernels
   cfg.distill.critic_steps = 2
@@ -22,7 +22,7 @@ def _round(mesh_devices, data, fsdp):
   _, _, round_step = steps.make_ibmd_steps(ib, gtx, ctx, 0.99)
   mesh = shd.make_mesh(data, fsdp, devices=mesh_devices)
   state_sh, teacher_sh = shd.state_shardings(mesh, state), shd.state_shardings(mesh, teacher)
-  fn = shd.jit_round(round_step, mesh, state_sh, teacher_sh)
+  fn = shd.jit_round(round_step, mesh, state_sh, teacher_sh, split=split)
   state = jax.device_put(state, state_sh)
   xT = next(iter(problem.train_data("distill", 64, 3)))["xT"]
   out, metrics = fn(state, jax.device_put(teacher, teacher_sh), {"xT": shd.global_batch(mesh, xT, 1)},
@@ -60,3 +60,17 @@ def test_mesh_and_batch_errors_are_clear():
     shd.make_mesh(-1, 3)
   with pytest.raises(ValueError, match="divisible"):
     shd.check_batch(shd.make_mesh(), 30, "distill.batch_size")
+
+
+def test_split_round_is_the_fused_round():
+  """distill.split_round: the round as its critic program and its generator program gives the
+  fused round's metrics and state (two rounds, data 4 × fsdp 2); compile mode reads one memory
+  and the summed costs off the pair."""
+  fused_state, fused_m = _round(jax.devices()[:8], 4, 2)
+  state, m = _round(jax.devices()[:8], 4, 2, split=True)
+  assert set(m) == set(fused_m)
+  for k in fused_m:
+    np.testing.assert_allclose(m[k], fused_m[k], rtol=1e-5, atol=1e-7, err_msg=k)
+  for a, b in zip(jax.tree.leaves((state.gen, state.critic, state.gen_ema)),
+                  jax.tree.leaves((fused_state.gen, fused_state.critic, fused_state.gen_ema))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,192 @@
+r"""docs/tpu.md's table: every full-size config compiled for the slices users run on, one compile
+at a time, resumable, and the table written from whatever has been compiled.
+
+  ALLOW_MULTIPLE_LIBTPU_LOAD=1 PYTHONPATH=. python bench/tpu_table.py --root=runs/aot \
+      [--only=i2sb_v5e16,...] [--budget_s=3600]      # compile what is not done yet, in order
+  PYTHONPATH=. python bench/tpu_table.py --root=runs/aot --report=docs/tpu_table.md
+
+Each entry is the launcher's own compile mode (`python -m launch.main ... --config.mode=compile`)
+in a subprocess, so a compile XLA refuses, or one killed for host memory, is recorded and the
+queue goes on; <root>/<name>/aot.json is the result, <root>/<name>.log the output, and an entry
+with an aot.json is skipped on the next call. Full-size compiles take 10–40 minutes and up to
+~20 GiB of host memory each on a 2-core host: one at a time (XLA's TPU compile is single-threaded;
+two at once need twice the memory).
+
+The choices (mesh, remat, per-chip batch, bf16 teacher, microbatches) are the fitting ones for
+each chip's HBM; the table shows what XLA measured for them. `pod_command` is the exact
+launch/tpu_pod.sh line with those overrides.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+# (config, topology, overrides): per-chip batch = batch_size / chips.
+_BIG = ("--config.model.remat=full", "--config.distill.teacher_dtype=bfloat16")
+ENTRIES = {
+    # I2SB ImageNet-256 (552.8M parameters), the memory targets of issue 19: v5e >= 4 per chip,
+    # v5p >= 16 per chip.
+    "i2sb_v5e4": ("configs/i2sb_sr4_bicubic.py", "v5e:2x2",
+                  ("--config.mesh.fsdp=4", "--config.distill.batch_size=16") + _BIG),
+    "i2sb_v5p4": ("configs/i2sb_sr4_bicubic.py", "v5p:2x2x1",
+                  ("--config.mesh.fsdp=4", "--config.distill.batch_size=64") + _BIG),
+    "i2sb_v5e16": ("configs/i2sb_sr4_bicubic.py", "v5e:4x4",
+                   ("--config.mesh.fsdp=4", "--config.distill.batch_size=64") + _BIG),
+    "i2sb_v5p64": ("configs/i2sb_sr4_bicubic.py", "v5p:4x4x4",
+                   ("--config.mesh.fsdp=4", "--config.distill.batch_size=1024") + _BIG),
+    "i2sb_v6e16": ("configs/i2sb_sr4_bicubic.py", "v6e:4x4",
+                   ("--config.mesh.fsdp=4", "--config.distill.batch_size=128") + _BIG),
+    # DDBM edges->handbags 64² (295M parameters).
+    "e2h_v5e16": ("configs/ddbm_e2h64.py", "v5e:4x4",
+                  ("--config.mesh.fsdp=4", "--config.distill.batch_size=128",
+                   "--config.distill.teacher_dtype=bfloat16")),
+    "e2h_v5p64": ("configs/ddbm_e2h64.py", "v5p:4x4x4", ("--config.distill.batch_size=2048",)),
+    "e2h_v6e16": ("configs/ddbm_e2h64.py", "v6e:4x4",
+                  ("--config.mesh.fsdp=4", "--config.distill.batch_size=256",
+                   "--config.distill.teacher_dtype=bfloat16")),
+    # DDBM DIODE 256² and DBIM ImageNet-256 inpainting (the I2SB network with xT concatenated; DBIM
+    # class-conditional, 4-step DMD2 generator).
+    "diode_v5e16": ("configs/ddbm_diode256.py", "v5e:4x4",
+                    ("--config.mesh.fsdp=4", "--config.distill.batch_size=64") + _BIG),
+    "diode_v5p64": ("configs/ddbm_diode256.py", "v5p:4x4x4",
+                    ("--config.mesh.fsdp=4", "--config.distill.batch_size=1024") + _BIG),
+    "diode_v6e16": ("configs/ddbm_diode256.py", "v6e:4x4",
+                    ("--config.mesh.fsdp=4", "--config.distill.batch_size=128") + _BIG),
+    "dbim_v5e16": ("configs/dbim_inpaint256.py", "v5e:4x4",
+                   ("--config.mesh.fsdp=4", "--config.distill.batch_size=64") + _BIG),
+    "dbim_v5p64": ("configs/dbim_inpaint256.py", "v5p:4x4x4",
+                   ("--config.mesh.fsdp=4", "--config.distill.batch_size=1024") + _BIG),
+    "dbim_v6e16": ("configs/dbim_inpaint256.py", "v6e:4x4",
+                   ("--config.mesh.fsdp=4", "--config.distill.batch_size=128") + _BIG),
+}
+
+
+def command(name: str, root: str, extra=()) -> list[str]:
+  config, topology, overrides = ENTRIES[name]
+  return [sys.executable, "-m", "launch.main", f"--config={config}",
+          f"--workdir={os.path.join(root, name)}", "--config.mode=compile",
+          f"--config.aot.topology={topology}", "--config.aot.programs=('round',)",
+          "--config.aot.pass_times=True", *overrides, *extra]
+
+
+def pod_command(name: str) -> str:
+  config, topology, overrides = ENTRIES[name]
+  return (f"TPU_NAME=<{topology.replace(':', '-')} slice> ZONE=<zone> WORKDIR=gs://<bucket>/run "
+          f"launch/tpu_pod.sh {config} " + " ".join(overrides))
+
+
+def run_queue(root: str, names: list[str], budget_s: float) -> None:
+  t0 = time.time()
+  env = dict(os.environ, ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+  for name in names:
+    out = os.path.join(root, name, "aot.json")
+    failed = os.path.join(root, name, "failed.json")
+    if os.path.exists(out) or os.path.exists(failed):
+      continue
+    if budget_s and time.time() - t0 > budget_s:
+      print(f"budget of {budget_s:.0f} s spent; rerun to continue", flush=True)
+      return
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(command(name, root)[1:])}", flush=True)
+    start = time.time()
+    with open(os.path.join(root, f"{name}.log"), "w") as log:
+      rc = subprocess.call(["/usr/bin/time", "-v", *command(name, root)], stdout=log,
+                           stderr=subprocess.STDOUT, env=env)
+    wall = time.time() - start
+    rss = _max_rss_gib(os.path.join(root, f"{name}.log"))
+    info = {"rc": rc, "wall_s": wall, "host_max_rss_gib": rss}
+    if not os.path.exists(out):  # XLA refused it, or the host killed it: recorded, go on
+      with open(failed, "w") as f:
+        json.dump(info, f)
+    else:
+      with open(os.path.join(root, name, "host.json"), "w") as f:
+        json.dump(info, f)
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: rc {rc}, {wall:.0f} s, host RSS {rss} GiB",
+          flush=True)
+
+
+def _max_rss_gib(log: str):
+  try:
+    with open(log) as f:
+      for line in f:
+        if "Maximum resident set size" in line:
+          return round(int(line.split(":")[-1]) / 2**20, 2)
+  except OSError:
+    pass
+  return None
+
+
+def report(root: str) -> str:
+  lines = ["| config | slice | mesh | per-chip batch | round per chip GiB (of HBM) | fits | "
+           "TFLOP per chip (one critic + one generator step) | est. round s (roofline) | "
+           "est. generator images/s per chip | compile s | host RSS GiB |",
+           "|" + "---|" * 11]
+  for name, (config, topology, overrides) in ENTRIES.items():
+    path = os.path.join(root, name, "aot.json")
+    if not os.path.exists(path):
+      fail = os.path.join(root, name, "failed.json")
+      state = "not compiled yet"
+      if os.path.exists(fail):
+        with open(fail) as f:
+          info = json.load(f)
+        state = f"failed (rc {info['rc']}, host RSS {info['host_max_rss_gib']} GiB)"
+      lines.append(f"| {os.path.basename(config)} | {topology} | | | {state} | | | | | | |")
+      continue
+    with open(path) as f:
+      rep = json.load(f)
+    r = rep["programs"]["round"]
+    host = {}
+    if os.path.exists(os.path.join(root, name, "host.json")):
+      with open(os.path.join(root, name, "host.json")) as f:
+        host = json.load(f)
+    batch = [o for o in overrides if "distill.batch_size" in o]
+    per_chip = int(batch[0].split("=")[1]) // rep["chips"] if batch else "default"
+    mesh = f"{rep['mesh']['data']}×{rep['mesh']['fsdp']}"
+    if "xla_error" in r:
+      lines.append(f"| {os.path.basename(config)} | {topology} | {mesh} | {per_chip} | "
+                   f"{r['total'] / 2**30:.2f} (XLA) | **no** | | | | | {host.get('host_max_rss_gib')} |")
+      continue
+    ips = r.get("images_per_s_per_chip")
+    lines.append(
+        f"| {os.path.basename(config)} | {topology} | {mesh} | {per_chip} | "
+        f"{r['total'] / 2**30:.2f} ({r['hbm'] / 2**30:g}) | {'yes' if r['fits'] else '**no**'} | "
+        f"{r['flops'] / 1e12:.3g} | {r['roofline_s']:.3g} ({r['bound']}) | "
+        f"{'–' if ips is None else f'{ips:.3g}'} | {r['compile_s']:.0f} | "
+        f"{host.get('host_max_rss_gib')} |")
+  lines.append("")
+  lines.append("Pod commands (the overrides measured above):")
+  lines.append("")
+  lines.append("```bash")
+  for name in ENTRIES:
+    if os.path.exists(os.path.join(root, name, "aot.json")):
+      lines.append(pod_command(name))
+  lines.append("```")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--root", default="runs/aot")
+  p.add_argument("--only", default="", help="comma-separated entry names (default: all, in order)")
+  p.add_argument("--budget_s", type=float, default=0.0, help="no new compile after this many s")
+  p.add_argument("--report", default="", help="write the table (markdown) here instead")
+  args = p.parse_args(argv)
+  if args.report:
+    text = report(args.root)
+    with open(args.report, "w") as f:
+      f.write(text + "\n")
+    print(text)
+    return
+  names = [n for n in args.only.split(",") if n] or list(ENTRIES)
+  unknown = [n for n in names if n not in ENTRIES]
+  if unknown:
+    raise SystemExit(f"--only: unknown entries {unknown}; choose from {list(ENTRIES)}")
+  run_queue(args.root, names, args.budget_s)
+
+
+if __name__ == "__main__":
+  main()
