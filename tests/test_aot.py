@@ -239,3 +239,45 @@ def test_a_state_bigger_than_the_chip_is_refused_before_compiling(tmp_path):
   mesh = shd.mesh_from_config(c, aot.topology_devices("v5e:2x2"))
   _, planned = programs.teacher_program(c, make_task(c), mesh)
   assert rec["argument"] >= _state_bytes_per_chip(planned.abstract)
+
+
+def test_pass_times_and_the_table_are_read_from_what_xla_and_the_queue_wrote(tmp_path):
+  """aot.pass_times nests pipelines (a pass's own time excludes the passes inside it) and reads
+  the phases off the dump's files; bench/tpu_table.py's report is built from the aot.json files
+  the queue wrote (and says which entries are not compiled yet or failed)."""
+  from ibmd_jax import aot
+  from bench import tpu_table
+  d = tmp_path / "dump"
+  d.mkdir()
+  (d / "module_0001.metadata.textproto").write_text(
+      'pass_metadata {\n  pass_id: 1\n  pass_name: "outer"\n  pipeline_name: "p"\n'
+      '  start_timestamp_usec: 1000000\n  end_timestamp_usec: 5000000\n}\n'
+      'pass_metadata {\n  pass_id: 2\n  pass_name: "inner"\n  pipeline_name: "q"\n'
+      '  module_changed: true\n  start_timestamp_usec: 2000000\n  end_timestamp_usec: 3000000\n}\n'
+      'pass_metadata {\n  pass_id: 3\n  pass_name: "after"\n  pipeline_name: "p"\n'
+      '  start_timestamp_usec: 6000000\n  end_timestamp_usec: 6500000\n}\n')
+  for i, tag in enumerate(("before_optimizations", "after_optimizations_before_buffer_assignment",
+                           "after_optimizations_after_buffer_assignment", "after_codegen")):
+    f = d / f"module_0003.x.{tag}.txt"
+    f.write_text("")
+    os.utime(f, (100 + 10 * i ** 2, 100 + 10 * i ** 2))
+  pt = aot.pass_times(str(d), compile_s=10.0)
+  assert pt["slowest"] == {"p/outer": 3.0, "q/inner": 1.0, "p/after": 0.5}
+  assert pt["hlo_passes_s"] == pytest.approx(4.5) and pt["rest_s"] == pytest.approx(5.5)
+  assert pt["phases_s"] == {"hlo_optimisation": 10.0, "buffer_assignment": 30.0,
+                            "backend_codegen": 50.0}
+  root = tmp_path / "aot"
+  (root / "i2sb_v5e4").mkdir(parents=True)
+  gib = 2**30
+  (root / "i2sb_v5e4" / "aot.json").write_text(json.dumps({
+      "chips": 4, "mesh": {"data": 1, "fsdp": 4}, "programs": {"round": {
+          "total": 14 * gib, "hbm": 16 * gib, "fits": True, "flops": 3e13, "roofline_s": 0.5,
+          "bound": "compute", "images_per_s_per_chip": 8.0, "compile_s": 3000.0}}}))
+  (root / "i2sb_v5p4").mkdir()
+  (root / "i2sb_v5p4" / "failed.json").write_text(json.dumps(
+      {"rc": -9, "wall_s": 10.0, "host_max_rss_gib": 23.9}))
+  text = tpu_table.report(str(root))
+  assert "| i2sb_sr4_bicubic.py | v5e:2x2 | 1×4 | 4 | 14.00 (16) | yes | 30 | 0.5 (compute) | 8 |" \
+      in text
+  assert "failed (rc -9, host RSS 23.9 GiB)" in text and "not compiled yet" in text
+  assert "launch/tpu_pod.sh configs/i2sb_sr4_bicubic.py --config.mesh.fsdp=4" in text
