@@ -288,7 +288,9 @@ def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None
                   code=int(getattr(mem, "generated_code_size_in_bytes", 0) or 0),
                   flops=float(cost.get("flops", 0.0)),
                   bytes_accessed=float(cost.get("bytes accessed", 0.0)),
-                  optimal_seconds=None if opt is None else float(opt), collective=int(coll),
+                  # XLA's own estimate; negative (meaningless) for some big programs: dropped
+                  optimal_seconds=None if opt is None or opt < 0 else float(opt),
+                  collective=int(coll),
                   compile_s=dt,
                   images=images)
 
