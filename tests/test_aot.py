@@ -281,3 +281,26 @@ def test_pass_times_and_the_table_are_read_from_what_xla_and_the_queue_wrote(tmp
       in text
   assert "failed (rc -9, host RSS 23.9 GiB)" in text and "not compiled yet" in text
   assert "launch/tpu_pod.sh configs/i2sb_sr4_bicubic.py --config.mesh.fsdp=4" in text
+
+
+@needs_libtpu
+def test_a_split_round_compiles_as_two_programs_and_reports_the_larger_one(tmp_path):
+  """distill.split_round=True in compile mode (toy round, v5e:2x2): the critic program and the
+  generator program are compiled; the round's arguments / temporaries are one program's, its code
+  both programs', its FLOPs the sum — more than the fused round's generator share alone."""
+  from ibmd_jax import aot
+  from configs import toy_cond
+  reps = {}
+  for split in (False, True):
+    c = toy_cond.get_config()
+    c.mode, c.aot.topology, c.aot.programs = "compile", "v5e:2x2", ("round",)
+    c.distill.batch_size, c.distill.split_round = 8, split
+    reps[split] = aot.run(c, str(tmp_path / str(split)))["programs"]["round"]
+  fused, split = reps[False], reps[True]
+  assert split["fits"] and split["total"] > 0
+  # Same state in and out: the arguments (state, teacher, batches) of the generator program,
+  # the larger one, are the fused round's up to the critic metrics it takes.
+  assert abs(split["argument"] - fused["argument"]) < 0.02 * fused["argument"]
+  # Same work: the two programs' FLOPs add up to the fused round's within 5 %.
+  assert abs(split["flops"] - fused["flops"]) < 0.05 * fused["flops"], (split, fused)
+  assert split["code"] > 0
