@@ -105,8 +105,7 @@ def main(argv=None):
                   "hlo_instructions": len(re.findall(r"^\s*(?:ROOT )?%\S+ = ", hlo, re.M)),
                   "convolutions": len(re.findall(r" convolution\(", hlo)),
                   "while_loops": len(re.findall(r" while\(", hlo)),
-                  "gib_per_chip": (mem.argument_size_in_bytes + mem.output_size_in_bytes
-                                   - mem.alias_size_in_bytes + mem.temp_size_in_bytes) / 2**30}
+                  "gib_per_chip": aot.chip_bytes(mem) / 2**30}
     del compiled, lowered  # XLA writes a module's pass metadata when it lets go of it
     print(name, json.dumps(rows[name]), flush=True)
     if args.out:

@@ -173,6 +173,13 @@ def build_programs(config, task, mesh, which=PROGRAMS) -> dict:
   return out
 
 
+def chip_bytes(mem) -> int:
+  """A compiled program's bytes on one chip from its memory_analysis(), code aside: arguments +
+  outputs not aliased to them + temporaries."""
+  return (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes)
+
+
 def argument_bytes(args) -> int:
   """Bytes of a program's arguments on one chip, from their shapes and shardings (no compile;
   TPU tile padding not counted): what the chip holds before any activation."""

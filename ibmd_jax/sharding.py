@@ -163,12 +163,9 @@ class SplitCompiled:
     """The larger program's argument / output / alias / temporary bytes, and both programs' code
     (both executables stay loaded)."""
     import types  # pylint: disable=g-import-not-at-top
-
-    def total(m):
-      return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-              + m.temp_size_in_bytes)
+    from ibmd_jax.aot import chip_bytes  # pylint: disable=g-import-not-at-top  (aot imports this)
     mems = [p.memory_analysis() for p in self.parts]
-    big = max(mems, key=total)
+    big = max(mems, key=chip_bytes)
     fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
               "temp_size_in_bytes")
     return types.SimpleNamespace(
