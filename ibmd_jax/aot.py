@@ -173,11 +173,7 @@ def build_programs(config, task, mesh, which=PROGRAMS) -> dict:
   return out
 
 
-def chip_bytes(mem) -> int:
-  """A compiled program's bytes on one chip from its memory_analysis(), code aside: arguments +
-  outputs not aliased to them + temporaries."""
-  return (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-          + mem.temp_size_in_bytes)
+chip_bytes = shd.chip_bytes  # defined with the compiled-round types that use it
 
 
 def argument_bytes(args) -> int:

@@ -151,6 +151,13 @@ class _SplitLowered:
       return SplitCompiled(*[f.result() for f in futures])
 
 
+def chip_bytes(mem) -> int:
+  """A compiled program's bytes on one chip from its memory_analysis(), code aside: arguments +
+  outputs not aliased to them + temporaries."""
+  return (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes)
+
+
 class SplitCompiled:
   """What compile mode reads off a compiled round made of two programs: the memory of the larger
   one (they run one after the other, the state donated from one to the next), the sum of their
@@ -163,7 +170,6 @@ class SplitCompiled:
     """The larger program's argument / output / alias / temporary bytes, and both programs' code
     (both executables stay loaded)."""
     import types  # pylint: disable=g-import-not-at-top
-    from ibmd_jax.aot import chip_bytes  # pylint: disable=g-import-not-at-top  (aot imports this)
     mems = [p.memory_analysis() for p in self.parts]
     big = max(mems, key=chip_bytes)
     fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
