@@ -196,5 +196,9 @@ def get_config() -> ml_collections.ConfigDict:
                                          search_budget_s=0.0,
                                          # dump each compile (<workdir>/xla_dump) and report
                                          # where its time went (XLA passes, backend)
-                                         pass_times=False))
+                                         pass_times=False,
+                                         # a split round's two programs (distill.split_round):
+                                         # 2 compile at once, 1 one after the other (half the
+                                         # host memory), 0 = 2 where the host has >= 64 GiB free
+                                         compile_threads=0))
   return c

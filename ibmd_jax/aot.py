@@ -203,6 +203,10 @@ class Compiled:
   collective: int
   compile_s: float
   images: int
+  # a split round (distill.split_round): each program's own compile time, critic then generator,
+  # and how many compiled at once (aot.compile_threads)
+  parts_s: tuple = ()
+  threads: int = 1
 
   @property
   def total(self) -> int:
@@ -275,9 +279,24 @@ def pass_times(dump_dir: str, compile_s: Optional[float] = None, top: int = 12) 
   return out
 
 
-def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None) -> Compiled:
+def _parts(parts_s, threads) -> str:
+  """' (critic 600 s + generator 700 s, one after the other)' for a split round, else ''."""
+  if not parts_s:
+    return ""
+  how = "at once" if threads > 1 else "one after the other"
+  return f" (critic {parts_s[0]:.0f} s, generator {parts_s[1]:.0f} s, {how})"
+
+
+def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None,
+                threads: int = 0) -> Compiled:
+  """Lowers and compiles one program; `threads` is for a split round (shd._SplitLowered.compile):
+  1 compiles its two programs one after the other, 2 at once, 0 chooses from host memory."""
   t0 = time.time()
-  compiled = fn.lower(*args).compile(compiler_options=options or None)
+  lowered = fn.lower(*args)
+  if isinstance(lowered, shd._SplitLowered):  # pylint: disable=protected-access
+    compiled = lowered.compile(compiler_options=options or None, threads=threads)
+  else:
+    compiled = lowered.compile(compiler_options=options or None)
   dt = time.time() - t0
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis() or {}
@@ -295,7 +314,9 @@ def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None
                   optimal_seconds=None if opt is None or opt < 0 else float(opt),
                   collective=int(coll),
                   compile_s=dt,
-                  images=images)
+                  images=images,
+                  parts_s=tuple(getattr(compiled, "seconds", ())),
+                  threads=int(getattr(compiled, "threads", 1)))
 
 
 def estimate(c: Compiled, chip: dict, chips: int) -> dict:
@@ -361,7 +382,7 @@ def run(config, workdir: str, task=None) -> dict:
     if dump:
       options = dict(xla_dump_to=os.path.join(dump, name), xla_dump_module_metadata=True)
     try:
-      c = compile_one(name, fn, args, images, options)
+      c = compile_one(name, fn, args, images, options, int(ac.get("compile_threads", 0) or 0))
     except Exception as e:  # XLA refuses a program that cannot fit: RESOURCE_EXHAUSTED
       need = _xla_oom(str(e))
       if need is None:
@@ -375,7 +396,8 @@ def run(config, workdir: str, task=None) -> dict:
                          hbm=int(hbm), **est)
     rows.append(c)
     print(f"[compile] {name}: {_gib(c.total):.2f} GiB of {chip['hbm_gib']:g} per chip, "
-          f"{c.flops / 1e12:.3g} TFLOP per chip, compiled in {c.compile_s:.1f} s", flush=True)
+          f"{c.flops / 1e12:.3g} TFLOP per chip, compiled in {c.compile_s:.1f} s"
+          + _parts(c.parts_s, c.threads), flush=True)
   if dump:  # read after every compile: XLA writes a module's pass metadata late
     jax.clear_caches()
     for name, r in results.items():
@@ -425,6 +447,10 @@ def markdown(report: dict) -> str:
         f" | {r['flops'] / 1e12:.4g} | {_gib(r['collective']):.4g} | {'–' if opt is None else f'{opt:.4g}'} | "
         f"{r['roofline_s']:.4g} ({r['bound']}) | {'–' if ips is None else f'{ips:.4g}'} | "
         f"{r['compile_s']:.1f} |")
+  for name, r in report["programs"].items():
+    if r.get("parts_s"):
+      lines.append(f"\n{name}: two programs (distill.split_round), compiled in "
+                   f"{r['compile_s']:.1f} s{_parts(r['parts_s'], r.get('threads', 1))}.")
   for name, r in report["programs"].items():
     pt = r.get("pass_times")
     if pt:

@@ -143,12 +143,33 @@ class _SplitLowered:
   def as_text(self) -> str:
     return "\n".join(p.as_text() for p in self.parts)
 
-  def compile(self, compiler_options=None) -> "SplitCompiled":
-    """Both programs compiled at once, one thread each (XLA's compile releases the GIL)."""
+  def compile(self, compiler_options=None, threads: int = 0) -> "SplitCompiled":
+    """Both programs compiled: at once, one thread each (XLA's compile releases the GIL), or one
+    after the other with threads=1, which halves the host memory the compile needs (a 256² round
+    needs ~20 GiB per program). threads=0: two where the host has 64 GiB or more available."""
     from concurrent.futures import ThreadPoolExecutor  # pylint: disable=g-import-not-at-top
-    with ThreadPoolExecutor(2) as pool:
-      futures = [pool.submit(p.compile, compiler_options=compiler_options) for p in self.parts]
-      return SplitCompiled(*[f.result() for f in futures])
+    import time  # pylint: disable=g-import-not-at-top
+    threads = int(threads) or (2 if host_available_bytes() >= 64 * 2**30 else 1)
+
+    def one(p):
+      t0 = time.time()
+      return p.compile(compiler_options=compiler_options), time.time() - t0
+
+    with ThreadPoolExecutor(min(max(threads, 1), 2)) as pool:
+      done = list(pool.map(one, self.parts))
+    return SplitCompiled(*[c for c, _ in done], seconds=[dt for _, dt in done], threads=threads)
+
+
+def host_available_bytes() -> int:
+  """MemAvailable of this host (Linux), or 0 where it cannot be read."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return 0
 
 
 def chip_bytes(mem) -> int:
@@ -163,8 +184,10 @@ class SplitCompiled:
   one (they run one after the other, the state donated from one to the next), the sum of their
   costs and collectives."""
 
-  def __init__(self, critic, generator):
+  def __init__(self, critic, generator, seconds=(), threads: int = 2):
     self.parts = (critic, generator)
+    self.seconds = tuple(float(x) for x in seconds)  # each program's compile time
+    self.threads = threads
 
   def memory_analysis(self):
     """The larger program's argument / output / alias / temporary bytes, and both programs' code

@@ -295,9 +295,15 @@ def test_a_split_round_compiles_as_two_programs_and_reports_the_larger_one(tmp_p
     c = toy_cond.get_config()
     c.mode, c.aot.topology, c.aot.programs = "compile", "v5e:2x2", ("round",)
     c.distill.batch_size, c.distill.split_round = 8, split
+    c.aot.compile_threads = 1  # the split round's programs one after the other
     reps[split] = aot.run(c, str(tmp_path / str(split)))["programs"]["round"]
   fused, split = reps[False], reps[True]
   assert split["fits"] and split["total"] > 0
+  # One after the other: each program's own compile time, and together within the whole (which
+  # also holds the lowering).
+  assert not fused["parts_s"] and split["threads"] == 1 and len(split["parts_s"]) == 2
+  assert min(split["parts_s"]) > 0 and sum(split["parts_s"]) <= split["compile_s"], split
+  assert "one after the other" in (tmp_path / "True" / "aot.md").read_text()
   # Same state in and out: the arguments (state, teacher, batches) of the generator program,
   # the larger one, are the fused round's up to the critic metrics it takes.
   assert abs(split["argument"] - fused["argument"]) < 0.02 * fused["argument"]

@@ -156,6 +156,7 @@ def _launch(workdir, *flags):
   assert r.returncode == 0, r.stderr[-3000:]
 
 
+@pytest.mark.slow  # 210 s of the default suite's 740 on 2 cores; the report's own test stays
 def test_reduced_benchmark_claims_point_the_right_way(tmp_path):
   """The benchmark's claims (docs/results.md, bench/bench_report.py) in their direction, on a run
   of the tiny inpainting setup (16², a 32-channel teacher trained 400 steps, 30 IBMD rounds, 32
