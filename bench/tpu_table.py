@@ -101,12 +101,18 @@ def run_queue(root: str, names: list[str], budget_s: float) -> None:
     os.makedirs(os.path.join(root, name), exist_ok=True)
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(command(name, root)[1:])}", flush=True)
     start = time.time()
+    peak = 0
     with open(os.path.join(root, f"{name}.log"), "w") as log:
-      rc = subprocess.call(["/usr/bin/time", "-v", *command(name, root)], stdout=log,
-                           stderr=subprocess.STDOUT, env=env)
+      proc = subprocess.Popen(["/usr/bin/time", "-v", *command(name, root)], stdout=log,
+                              stderr=subprocess.STDOUT, env=env)
+      while proc.poll() is None:  # resident + swapped: what the compile needed of the host
+        peak = max(peak, _tree_memory(proc.pid))
+        time.sleep(5)
+      rc = proc.returncode
     wall = time.time() - start
     rss = _max_rss_gib(os.path.join(root, f"{name}.log"))
-    info = {"rc": rc, "wall_s": wall, "host_max_rss_gib": rss}
+    info = {"rc": rc, "wall_s": wall, "host_max_rss_gib": rss,
+            "host_peak_rss_swap_gib": round(peak / 2**30, 2)}
     if not os.path.exists(out):  # XLA refused it, or the host killed it: recorded, go on
       with open(failed, "w") as f:
         json.dump(info, f)
@@ -115,6 +121,31 @@ def run_queue(root: str, names: list[str], budget_s: float) -> None:
         json.dump(info, f)
     print(f"[{time.strftime('%H:%M:%S')}] {name}: rc {rc}, {wall:.0f} s, host RSS {rss} GiB",
           flush=True)
+
+
+def _tree_memory(pid: int) -> int:
+  """Resident + swapped bytes of a process and its descendants (Linux /proc), 0 where unreadable."""
+  children: dict[int, list[int]] = {}
+  for d in os.listdir("/proc"):
+    if d.isdigit():
+      try:
+        with open(f"/proc/{d}/stat") as f:
+          ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(d))
+      except (OSError, IndexError, ValueError):
+        pass
+  total, todo = 0, [pid]
+  while todo:
+    p = todo.pop()
+    todo.extend(children.get(p, []))
+    try:
+      with open(f"/proc/{p}/status") as f:
+        for line in f:
+          if line.startswith(("VmRSS:", "VmSwap:")):
+            total += int(line.split()[1]) * 1024
+    except OSError:
+      pass
+  return total
 
 
 def _max_rss_gib(log: str):
@@ -131,7 +162,8 @@ def _max_rss_gib(log: str):
 def report(root: str) -> str:
   lines = ["| config | slice | mesh | per-chip batch | round per chip GiB (of HBM) | fits | "
            "TFLOP per chip (one critic + one generator step) | est. round s (roofline) | "
-           "est. generator images/s per chip | compile s | host RSS GiB |",
+           "est. generator images/s per chip | compile s (split round: critic + generator, "
+           "one after the other) | host GiB (peak resident + swap) |",
            "|" + "---|" * 11]
   for name, (config, topology, overrides) in ENTRIES.items():
     path = os.path.join(root, name, "aot.json")
@@ -156,15 +188,14 @@ def report(root: str) -> str:
     mesh = f"{rep['mesh']['data']}×{rep['mesh']['fsdp']}"
     if "xla_error" in r:
       lines.append(f"| {os.path.basename(config)} | {topology} | {mesh} | {per_chip} | "
-                   f"{r['total'] / 2**30:.2f} (XLA) | **no** | | | | | {host.get('host_max_rss_gib')} |")
+                   f"{r['total'] / 2**30:.2f} (XLA) | **no** | | | | | {_host_cell(host)} |")
       continue
     ips = r.get("images_per_s_per_chip")
     lines.append(
         f"| {os.path.basename(config)} | {topology} | {mesh} | {per_chip} | "
         f"{r['total'] / 2**30:.2f} ({r['hbm'] / 2**30:g}) | {'yes' if r['fits'] else '**no**'} | "
         f"{r['flops'] / 1e12:.3g} | {r['roofline_s']:.3g} ({r['bound']}) | "
-        f"{'–' if ips is None else f'{ips:.3g}'} | {r['compile_s']:.0f} | "
-        f"{host.get('host_max_rss_gib')} |")
+        f"{'–' if ips is None else f'{ips:.3g}'} | {_compile_cell(r)} | {_host_cell(host)} |")
   lines.append("")
   lines.append("Pod commands (the overrides measured above):")
   lines.append("")
@@ -174,6 +205,21 @@ def report(root: str) -> str:
       lines.append(pod_command(name))
   lines.append("```")
   return "\n".join(lines)
+
+
+def _compile_cell(r: dict) -> str:
+  parts = r.get("parts_s") or ()
+  if len(parts) != 2:
+    return f"{r['compile_s']:.0f}"
+  sep = " + " if r.get("threads", 1) == 1 else " ∥ "  # ∥: the two compiled at once
+  return f"{r['compile_s']:.0f} ({parts[0]:.0f}{sep}{parts[1]:.0f})"
+
+
+def _host_cell(host: dict) -> str:
+  """Peak resident + swap where the queue sampled it, else /usr/bin/time's resident maximum."""
+  if host.get("host_peak_rss_swap_gib"):
+    return f"{host['host_peak_rss_swap_gib']:.1f} (RSS max {host.get('host_max_rss_gib')})"
+  return f"{host.get('host_max_rss_gib')} (RSS)"
 
 
 def main(argv=None):
