@@ -146,7 +146,7 @@ class _SplitLowered:
   def compile(self, compiler_options=None, threads: int = 0) -> "SplitCompiled":
     """Both programs compiled: at once, one thread each (XLA's compile releases the GIL), or one
     after the other with threads=1, which halves the host memory the compile needs (a 256² round
-    needs ~20 GiB per program). threads=0: two where the host has 64 GiB or more available."""
+    needs ~24 GiB per program). threads=0: two where the host has 64 GiB or more available."""
     from concurrent.futures import ThreadPoolExecutor  # pylint: disable=g-import-not-at-top
     import time  # pylint: disable=g-import-not-at-top
     threads = int(threads) or (2 if host_available_bytes() >= 64 * 2**30 else 1)

@@ -273,8 +273,8 @@ def test_pass_times_and_the_table_are_read_from_what_xla_and_the_queue_wrote(tmp
       "chips": 4, "mesh": {"data": 1, "fsdp": 4}, "programs": {"round": {
           "total": 14 * gib, "hbm": 16 * gib, "fits": True, "flops": 3e13, "roofline_s": 0.5,
           "bound": "compute", "images_per_s_per_chip": 8.0, "compile_s": 3000.0}}}))
-  (root / "i2sb_v5p4").mkdir()
-  (root / "i2sb_v5p4" / "failed.json").write_text(json.dumps(
+  (root / "i2sb_v5p64").mkdir()
+  (root / "i2sb_v5p64" / "failed.json").write_text(json.dumps(
       {"rc": -9, "wall_s": 10.0, "host_max_rss_gib": 23.9}))
   (root / "e2h_v5e16").mkdir()
   (root / "e2h_v5e16" / "aot.json").write_text(json.dumps({
