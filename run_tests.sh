@@ -9,6 +9,11 @@ VENV="${IBMD_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]"
+# libtpu's compile-only client (the 'tpu' extra) for the compile-mode tests (tests/test_aot.py:
+# the real XLA TPU compiler on this CPU); without it those tests skip, saying so.
+"$VENV/bin/python" -c "import libtpu" 2>/dev/null \
+  || "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[tpu]" \
+  || echo "note: libtpu could not be installed; compile-mode tests will be skipped"
 # PyTorch is optional (checkpoint import and parity tests only); without it those tests skip.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0" \
   || echo "note: torch could not be installed; torch parity tests will be skipped"

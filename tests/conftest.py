@@ -3,6 +3,9 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# libtpu (compile-mode tests) takes a lock file per process; the parallel workers and the
+# launcher subprocesses each load it.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 # One persistent compilation cache for the whole test session, in-process and in the launcher
 # subprocesses (tests pass it with --compilation_cache=$IBMD_TEST_JAX_CACHE): many tests compile
