@@ -349,6 +349,9 @@ def run(config, workdir: str, task=None) -> dict:
   aot.search, runs search() instead."""
   from ibmd_jax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   ac = config.aot
+  if ac.get("compile_threads", 0) not in (0, 1, 2):
+    raise ConfigError(f"aot.compile_threads={ac.compile_threads!r}: 1 compiles a split round's two "
+                      "programs one after the other, 2 at once, 0 chooses from host memory")
   if bool(ac.get("search", False)):
     return search(config, workdir)
   topology = str(ac.topology)

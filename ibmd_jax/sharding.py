@@ -149,13 +149,13 @@ class _SplitLowered:
     needs ~24 GiB per program). threads=0: two where the host has 64 GiB or more available."""
     from concurrent.futures import ThreadPoolExecutor  # pylint: disable=g-import-not-at-top
     import time  # pylint: disable=g-import-not-at-top
-    threads = int(threads) or (2 if host_available_bytes() >= 64 * 2**30 else 1)
+    threads = min(int(threads), 2) or (2 if host_available_bytes() >= 64 * 2**30 else 1)
 
     def one(p):
       t0 = time.time()
       return p.compile(compiler_options=compiler_options), time.time() - t0
 
-    with ThreadPoolExecutor(min(max(threads, 1), 2)) as pool:
+    with ThreadPoolExecutor(threads) as pool:
       done = list(pool.map(one, self.parts))
     return SplitCompiled(*[c for c, _ in done], seconds=[dt for _, dt in done], threads=threads)
 

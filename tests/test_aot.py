@@ -321,3 +321,15 @@ def test_a_split_round_compiles_as_two_programs_and_reports_the_larger_one(tmp_p
   # Same work: the two programs' FLOPs add up to the fused round's within 5 %.
   assert abs(split["flops"] - fused["flops"]) < 0.05 * fused["flops"], (split, fused)
   assert split["code"] > 0
+
+
+def test_a_bad_compile_threads_is_one_clear_error(tmp_path):
+  """aot.compile_threads outside 0 / 1 / 2 is refused before anything is compiled (no libtpu
+  needed), naming the key and its choices."""
+  from ibmd_jax import aot
+  from ibmd_jax.errors import ConfigError
+  c = _config("v5e:2x2")
+  c.aot.compile_threads = 3
+  with pytest.raises(ConfigError, match=r"aot.compile_threads=3: 1 compiles .* 2 at once"):
+    aot.run(c, str(tmp_path))
+  assert not os.listdir(tmp_path)
