@@ -289,11 +289,11 @@ def _parts(parts_s, threads) -> str:
 
 def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None,
                 threads: int = 0) -> Compiled:
-  """Lowers and compiles one program; `threads` is for a split round (shd._SplitLowered.compile):
+  """Lowers and compiles one program; `threads` is for a split round (shd.SplitLowered.compile):
   1 compiles its two programs one after the other, 2 at once, 0 chooses from host memory."""
   t0 = time.time()
   lowered = fn.lower(*args)
-  if isinstance(lowered, shd._SplitLowered):  # pylint: disable=protected-access
+  if isinstance(lowered, shd.SplitLowered):
     compiled = lowered.compile(compiler_options=options or None, threads=threads)
   else:
     compiled = lowered.compile(compiler_options=options or None)

@@ -130,13 +130,15 @@ class SplitRound:
     state, critic_metrics = self.critic(state, batches, key)
     return self.generator(state, teacher, batches, key, critic_metrics)
 
-  def lower(self, state, teacher, batches, key) -> "_SplitLowered":
+  def lower(self, state, teacher, batches, key) -> "SplitLowered":
     lowered = self.critic.lower(state, batches, key)
     metrics = lowered.out_info[1]
-    return _SplitLowered(lowered, self.generator.lower(state, teacher, batches, key, metrics))
+    return SplitLowered(lowered, self.generator.lower(state, teacher, batches, key, metrics))
 
 
-class _SplitLowered:
+class SplitLowered:
+  """A split round's two lowered programs (critic steps; generator step), compiled together."""
+
   def __init__(self, critic, generator):
     self.parts = (critic, generator)
 
