@@ -10,7 +10,7 @@ in a subprocess, so a compile XLA refuses, or one killed for host memory, is rec
 queue goes on; <root>/<name>/aot.json is the result, <root>/<name>.log the output, and an entry
 with an aot.json is skipped on the next call. Full-size compiles take 15–60 minutes (256² rounds
 split, one program at a time) and ~24–37 GiB of host memory each on a 2-core host (swap needed):
-one at a time (XLA's TPU compile is single-threaded; two at once need twice the memory).
+one at a time (one compile already keeps both cores busy; two at once need twice the memory).
 
 The choices (mesh, remat, per-chip batch, bf16 teacher, microbatches) are the fitting ones for
 each chip's HBM; the table shows what XLA measured for them. `pod_command` is the exact
