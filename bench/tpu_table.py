@@ -8,8 +8,8 @@ at a time, resumable, and the table written from whatever has been compiled.
 Each entry is the launcher's own compile mode (`python -m launch.main ... --config.mode=compile`)
 in a subprocess, so a compile XLA refuses, or one killed for host memory, is recorded and the
 queue goes on; <root>/<name>/aot.json is the result, <root>/<name>.log the output, and an entry
-with an aot.json is skipped on the next call. Full-size compiles take 15–60 minutes (256² rounds
-split, one program at a time) and ~24–37 GiB of host memory each on a 2-core host (swap needed):
+with an aot.json is skipped on the next call. Full-size compiles take 20–65 minutes (256² rounds
+split, one program at a time) and 18–37 GiB of host memory each on a 2-core host (swap needed):
 one at a time (one compile already keeps both cores busy; two at once need twice the memory).
 
 The choices (mesh, remat, per-chip batch, bf16 teacher, microbatches) are the fitting ones for
