@@ -294,7 +294,10 @@ def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None
   t0 = time.time()
   lowered = fn.lower(*args)
   if isinstance(lowered, shd.SplitLowered):
-    compiled = lowered.compile(compiler_options=options or None, threads=threads)
+    compiled = lowered.compile(
+        compiler_options=options or None, threads=threads,
+        on_done=lambda part, s: print(f"[compile] {name}: {part} program compiled in {s:.1f} s",
+                                      flush=True))
   else:
     compiled = lowered.compile(compiler_options=options or None)
   dt = time.time() - t0

@@ -145,20 +145,29 @@ class SplitLowered:
   def as_text(self) -> str:
     return "\n".join(p.as_text() for p in self.parts)
 
-  def compile(self, compiler_options=None, threads: int = 0) -> "SplitCompiled":
+  def compile(self, compiler_options=None, threads: int = 0,
+              on_done=None) -> "SplitCompiled":
     """Both programs compiled: at once, one thread each (XLA's compile releases the GIL), or one
     after the other with threads=1, which halves the host memory the compile needs (a 256² round
-    needs ~24 GiB per program). threads=0: two where the host has 64 GiB or more available."""
+    needs ~24 GiB per program). threads=0: two where the host has 64 GiB or more available.
+    `on_done(name, seconds)` is called as each program ('critic', 'generator') is compiled: a
+    full-size program takes tens of minutes, and with a persistent compilation cache a compile
+    cut short keeps the finished one."""
     from concurrent.futures import ThreadPoolExecutor  # pylint: disable=g-import-not-at-top
     import time  # pylint: disable=g-import-not-at-top
     threads = min(int(threads), 2) or (2 if host_available_bytes() >= 64 * 2**30 else 1)
 
-    def one(p):
+    def one(named):
+      name, p = named
       t0 = time.time()
-      return p.compile(compiler_options=compiler_options), time.time() - t0
+      c = p.compile(compiler_options=compiler_options)
+      dt = time.time() - t0
+      if on_done is not None:
+        on_done(name, dt)
+      return c, dt
 
     with ThreadPoolExecutor(threads) as pool:
-      done = list(pool.map(one, self.parts))
+      done = list(pool.map(one, zip(("critic", "generator"), self.parts)))
     return SplitCompiled(*[c for c, _ in done], seconds=[dt for _, dt in done], threads=threads)
 
 

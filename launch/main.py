@@ -16,7 +16,8 @@ _CACHE = flags.DEFINE_string(
     "compilation_cache", "workdir",
     "Persistent XLA compilation cache, so that a restart loads the compiled programs instead of "
     "compiling again: 'workdir' (<workdir>/jax_cache), 'user' ($IBMD_JAX_CACHE or "
-    "~/.cache/ibmd_jax/jax_cache), a directory, or 'off'.")
+    "~/.cache/ibmd_jax/jax_cache), a directory, or 'off'. Off in compile mode (libtpu's "
+    "compile-only client cannot load cached TPU programs).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,7 +33,13 @@ def main(argv):
 
   from ibmd_jax import compile_cache, run
   # Before the first compilation of the process: JAX reads the cache settings once.
-  cache_dir = compile_cache.enable(compile_cache.resolve(_CACHE.value, _WORKDIR.value))
+  setting = _CACHE.value
+  if _CONFIG.value.get("mode") == "compile":
+    # libtpu's compile-only client writes cache entries it cannot read back ("PjRtCompiler must
+    # be constructed with a Client to call Deserialize"): a rerun compiles anyway, so writing
+    # them only costs disk (250-380 MB per full-size round) and time.
+    setting = "off"
+  cache_dir = compile_cache.enable(compile_cache.resolve(setting, _WORKDIR.value))
 
   if _CONFIG.value.get("distributed", False):
     # Multi-host (TPU pod slice, multi-node GPU): must run before anything touches a device.

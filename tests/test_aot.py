@@ -197,6 +197,8 @@ def test_search_from_the_launcher_compiles_and_prints_the_overrides(tmp_path):
   assert four["argument"] < one["argument"] and four["collective"] > one["collective"]
   assert " ".join(rep["best"]["overrides"]) in r.stdout
   assert "--config.distill.batch_size=8" in rep["best"]["overrides"]
+  # No persistent cache in compile mode: the compile-only client cannot load its own entries.
+  assert "compilation cache: off" in r.stderr and not (tmp_path / "jax_cache").exists()
 
 
 @needs_libtpu
@@ -295,7 +297,7 @@ def test_pass_times_and_the_table_are_read_from_what_xla_and_the_queue_wrote(tmp
 
 
 @needs_libtpu
-def test_a_split_round_compiles_as_two_programs_and_reports_the_larger_one(tmp_path):
+def test_a_split_round_compiles_as_two_programs_and_reports_the_larger_one(tmp_path, capsys):
   """distill.split_round=True in compile mode (toy round, v5e:2x2): the critic program and the
   generator program are compiled; the round's arguments / temporaries are one program's, its code
   both programs', its FLOPs the sum — more than the fused round's generator share alone."""
@@ -315,6 +317,10 @@ def test_a_split_round_compiles_as_two_programs_and_reports_the_larger_one(tmp_p
   assert not fused["parts_s"] and split["threads"] == 1 and len(split["parts_s"]) == 2
   assert min(split["parts_s"]) > 0 and sum(split["parts_s"]) <= split["compile_s"], split
   assert "one after the other" in (tmp_path / "True" / "aot.md").read_text()
+  # Each program is reported as it is compiled (a full-size one takes tens of minutes).
+  out = capsys.readouterr().out
+  assert out.index("round: critic program compiled in") < out.index(
+      "round: generator program compiled in"), out
   # Same state in and out: the arguments (state, teacher, batches) of the generator program,
   # the larger one, are the fused round's up to the critic metrics it takes.
   assert abs(split["argument"] - fused["argument"]) < 0.02 * fused["argument"]
