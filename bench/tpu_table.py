@@ -122,6 +122,11 @@ def run_queue(root: str, names: list[str], budget_s: float) -> None:
           flush=True)
 
 
+def _sig3(x: float) -> str:
+  """Three significant digits, trailing zeros kept (2.00, 26.0, 472)."""
+  return f"{x:#.3g}".rstrip(".")
+
+
 def _tree_memory(pid: int) -> int:
   """Resident + swapped bytes of a process and its descendants (Linux /proc), 0 where unreadable."""
   children: dict[int, list[int]] = {}
@@ -193,8 +198,8 @@ def report(root: str) -> str:
     lines.append(
         f"| {os.path.basename(config)} | {topology} | {mesh} | {per_chip} | "
         f"{r['total'] / 2**30:.2f} ({r['hbm'] / 2**30:g}) | {'yes' if r['fits'] else '**no**'} | "
-        f"{r['flops'] / 1e12:.3g} | {r['roofline_s']:.3g} ({r['bound']}) | "
-        f"{'–' if ips is None else f'{ips:.3g}'} | {_compile_cell(r)} | {_host_cell(host)} |")
+        f"{_sig3(r['flops'] / 1e12)} | {_sig3(r['roofline_s'])} ({r['bound']}) | "
+        f"{'–' if ips is None else _sig3(ips)} | {_compile_cell(r)} | {_host_cell(host)} |")
   lines.append("")
   lines.append("Pod commands (the overrides measured above):")
   lines.append("")

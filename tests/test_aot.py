@@ -287,10 +287,11 @@ def test_pass_times_and_the_table_are_read_from_what_xla_and_the_queue_wrote(tmp
   (root / "e2h_v5e16" / "host.json").write_text(json.dumps(
       {"rc": 0, "wall_s": 1010.0, "host_max_rss_gib": 20.5, "host_peak_rss_swap_gib": 31.25}))
   text = tpu_table.report(str(root))
-  assert "| i2sb_sr4_bicubic.py | v5e:2x2 | 1×4 | 4 | 14.00 (16) | yes | 30 | 0.5 (compute) | 8 |" \
-      in text
+  # three significant digits, trailing zeros kept
+  assert ("| i2sb_sr4_bicubic.py | v5e:2x2 | 1×4 | 4 | 14.00 (16) | yes | 30.0 | 0.500 (compute) | "
+          "8.00 |") in text, text
   # a split round compiled one program after the other, the host's peak with swap
-  assert ("| ddbm_e2h64.py | v5e:4x4 | 4×4 | 8 | 15.00 (16) | yes | 20 | 0.25 (memory) | 32 | "
+  assert ("| ddbm_e2h64.py | v5e:4x4 | 4×4 | 8 | 15.00 (16) | yes | 20.0 | 0.250 (memory) | 32.0 | "
           "1001 (400 + 590) | 31.2 (RSS max 20.5) |") in text, text
   assert "failed (rc -9, host RSS 23.9 GiB)" in text and "not compiled yet" in text
   assert "launch/tpu_pod.sh configs/i2sb_sr4_bicubic.py --config.mesh.fsdp=4" in text
