@@ -151,8 +151,8 @@ class SplitLowered:
     after the other with threads=1, which halves the host memory the compile needs (a 256² round
     needs ~24 GiB per program). threads=0: two where the host has 64 GiB or more available.
     `on_done(name, seconds)` is called as each program ('critic', 'generator') is compiled: a
-    full-size program takes tens of minutes, and with a persistent compilation cache a compile
-    cut short keeps the finished one."""
+    full-size program takes tens of minutes. (A compile cut short keeps the finished program only
+    where the persistent cache can be read back: on a real device, not in compile mode.)"""
     from concurrent.futures import ThreadPoolExecutor  # pylint: disable=g-import-not-at-top
     import time  # pylint: disable=g-import-not-at-top
     threads = min(int(threads), 2) or (2 if host_available_bytes() >= 64 * 2**30 else 1)
