@@ -207,6 +207,8 @@ class Compiled:
   # and how many compiled at once (aot.compile_threads)
   parts_s: tuple = ()
   threads: int = 1
+  # the optimised program's size (HLO instructions; a split round: both programs)
+  hlo_instructions: int = 0
 
   @property
   def total(self) -> int:
@@ -306,7 +308,8 @@ def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None
   if isinstance(cost, list):  # older JAX: one dict per computation
     cost = cost[0] if cost else {}
   opt = cost.get("optimal_seconds")
-  coll = sum(collective_bytes(compiled.as_text() or "").values())
+  text = compiled.as_text() or ""
+  coll = sum(collective_bytes(text).values())
   return Compiled(name=name, argument=int(mem.argument_size_in_bytes),
                   output=int(mem.output_size_in_bytes), alias=int(mem.alias_size_in_bytes),
                   temp=int(mem.temp_size_in_bytes),
@@ -319,7 +322,8 @@ def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None
                   compile_s=dt,
                   images=images,
                   parts_s=tuple(getattr(compiled, "seconds", ())),
-                  threads=int(getattr(compiled, "threads", 1)))
+                  threads=int(getattr(compiled, "threads", 1)),
+                  hlo_instructions=len(re.findall(r"^\s*(?:ROOT )?%\S+ = ", text, re.M)))
 
 
 def estimate(c: Compiled, chip: dict, chips: int) -> dict:
@@ -492,6 +496,15 @@ def _fingerprint(config) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# aot.search_quick's XLA option: less scheduling and fusion effort. Measured on the full-size E→H
+# round (docs/tpu.md, "What cuts it"): 910 s -> 224 s to compile, per-chip memory 14.71 -> 14.28 GiB.
+QUICK_XLA = {"exec_time_optimization_effort": -1}
+
+
+def candidate_name(fsdp: int, remat: str, per_chip: int, quick: bool = False) -> str:
+  return ("quick:" if quick else "") + f"fsdp={fsdp},remat={remat},per_chip={per_chip}"
+
+
 def candidate_order(chips: int, fsdps, remats, batches) -> list[tuple[int, str, int]]:
   """(fsdp, remat, per-chip batch), smallest program first: batches ascending, then fsdp
   descending (smaller shards), then remat in the order given (least recomputation first)."""
@@ -510,9 +523,15 @@ def search(config, workdir: str) -> dict:
   as command-line overrides). Pruning: a (fsdp, remat) that does not fit at a batch is not tried
   at larger ones; at a (fsdp, batch) where a remat policy fits, the later policies in
   aot.search_remat (more recomputation, more FLOPs, never faster by the estimate) are skipped.
-  Ties in the estimate go to the smaller fsdp, the earlier remat, then the larger batch.
+  Ties in the estimate (to 4 significant digits) go to the smaller fsdp, the earlier remat, then
+  the larger batch.
   Every compiled candidate is kept in <workdir>/aot_search.json: a rerun of the same config
-  skips them, so a search cut short by aot.search_budget_s continues where it stopped."""
+  skips them, so a search cut short by aot.search_budget_s continues where it stopped.
+
+  aot.search_quick compiles the candidates with XLA's exec_time_optimization_effort=-1 (QUICK_XLA:
+  about 4x faster at full size, but it understated per-chip memory by 3 % there), then compiles
+  the fitting ones at XLA's default, best quick estimate first, until one fits: the winner is
+  always a default compile (its memory and estimate are the ones reported)."""
   ac = config.aot
   topology = str(ac.topology)
   kind = chip_of(topology)
@@ -558,7 +577,7 @@ def search(config, workdir: str) -> dict:
   def save(best=None):
     out = {"topology": topology, "chip": kind, "chips": chips, "program": program,
            "fingerprint": fp, "jax": jax.__version__, "chip_figures": chip, "candidates": cache,
-           "best": best, "complete": not cut}
+           "best": best, "complete": not cut, "quick": bool(ac.get("search_quick", False))}
     os.makedirs(workdir, exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -566,16 +585,20 @@ def search(config, workdir: str) -> dict:
     os.replace(tmp, path)
     return out
 
-  for fsdp, remat, per_chip in order:
-    name = f"fsdp={fsdp},remat={remat},per_chip={per_chip}"
-    if failed_at.get((fsdp, remat), 1 << 30) <= per_chip or (fsdp, per_chip) in fit_at:
-      continue
+  quick = bool(ac.get("search_quick", False))
+
+  def get(fsdp, remat, per_chip, fast):
+    """The candidate's result (cached or compiled now); None when the budget is spent."""
+    nonlocal compiled_now, cut
+    name = candidate_name(fsdp, remat, per_chip, fast)
     r = cache.get(name)
     if r is None:
       if budget and compiled_now and time.time() - t0 > budget:  # each call compiles one
         cut = True
-        break
-      r = _search_one(config, devices, fsdp, remat, per_chip, program, chip, hbm)
+        return None
+      r = _search_one(config, devices, fsdp, remat, per_chip, program, chip, hbm,
+                      QUICK_XLA if fast else None)
+      r["quick"] = fast
       cache[name] = r
       compiled_now += 1
       save()
@@ -584,17 +607,37 @@ def search(config, workdir: str) -> dict:
                                   + (f", {r['images_per_s_per_chip']:.4g} images/s/chip (est.)"
                                      if r.get("images_per_s_per_chip") else "")
                                   if "total" in r else r.get("error", "?")), flush=True)
+    return r
+
+  for fsdp, remat, per_chip in order:
+    if failed_at.get((fsdp, remat), 1 << 30) <= per_chip or (fsdp, per_chip) in fit_at:
+      continue
+    r = get(fsdp, remat, per_chip, quick)
+    if r is None:
+      break
     if r.get("fits"):
       fit_at.add((fsdp, per_chip))
     elif "total" in r:  # too big; a refused configuration (error) prunes nothing
       failed_at[(fsdp, remat)] = min(per_chip, failed_at.get((fsdp, remat), 1 << 30))
-  fitting = [(k, r) for k, r in cache.items() if r.get("fits")]
+
+  def score(item):  # estimates equal to 4 significant digits (as printed) are ties
+    _, r = item
+    return (float(f"{r.get('images_per_s_per_chip') or 0.0:.4g}"), -r["fsdp"],
+            -remats.index(r["remat"]) if r["remat"] in remats else 0, r["per_chip"])
+  fitting = [(k, r) for k, r in cache.items() if r.get("fits") and not r.get("quick")]
+  if quick:  # confirm at XLA's default, best quick estimate first, until one fits
+    fitting = []
+    ranked = sorted(((k, r) for k, r in cache.items() if r.get("fits") and r.get("quick")),
+                    key=score, reverse=True)
+    for _, q in ([] if cut else ranked):
+      r = get(q["fsdp"], q["remat"], q["per_chip"], False)
+      if r is None:
+        break
+      if r.get("fits"):
+        fitting = [(candidate_name(r["fsdp"], r["remat"], r["per_chip"], False), r)]
+        break
   best = None
   if fitting:
-    def score(item):
-      _, r = item
-      return (r.get("images_per_s_per_chip") or 0.0, -r["fsdp"],
-              -remats.index(r["remat"]) if r["remat"] in remats else 0, r["per_chip"])
     name, r = max(fitting, key=score)
     overrides = [f"--config.mesh.data={chips // r['fsdp']}", f"--config.mesh.fsdp={r['fsdp']}"]
     if "remat" in config.model:
@@ -610,11 +653,14 @@ def search(config, workdir: str) -> dict:
   if best is None:
     raise DoesNotFit(f"no candidate of the search fits a {kind} chip ({chip['hbm_gib']:g} GiB) for "
                      f"{program}" + (" yet: the budget stopped it; rerun to continue" if cut else
-                                     ": try more fsdp, remat='full', smaller search_batches"))
+                                     ": try more fsdp, remat='full', smaller search_batches"
+                                     + (" (with search_quick, none that fitted quickly fitted "
+                                        "at XLA's default)" if quick else "")))
   return report
 
 
-def _search_one(config, devices, fsdp, remat, per_chip, program, chip, hbm) -> dict:
+def _search_one(config, devices, fsdp, remat, per_chip, program, chip, hbm,
+                options: Optional[dict] = None) -> dict:
   from ibmd_jax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   chips = len(devices)
   c = config.copy_and_resolve_references()
@@ -629,7 +675,7 @@ def _search_one(config, devices, fsdp, remat, per_chip, program, chip, hbm) -> d
     if pre > hbm:  # the state alone is too big: not worth minutes of compiling
       return dict(base, fits=False, total=pre, compile_s=0.0,
                   reason="arguments alone exceed HBM (from shapes; not compiled)")
-    got = compile_one(program, fn, args, images)
+    got = compile_one(program, fn, args, images, options)
   except (ConfigError, ValueError) as e:  # e.g. a batch the mesh cannot split
     return dict(base, error=str(e).splitlines()[0][:300])
   except Exception as e:  # pylint: disable=broad-except
@@ -649,18 +695,21 @@ def search_markdown(report: dict) -> str:
            f"{len(report['candidates'])} candidates compiled"
            + ("" if report["complete"] else " (cut short by aot.search_budget_s: rerun to "
               "continue)") + ".", "",
-           "| fsdp | remat | batch per chip | total GiB per chip | fits | images/s per chip "
-           "(est.) | compile s |", "|" + "---|" * 7]
+           "| fsdp | remat | batch per chip | XLA effort | total GiB per chip | fits | images/s "
+           "per chip (est.) | compile s |", "|" + "---|" * 8]
   for _, r in sorted(report["candidates"].items(),
-                     key=lambda kv: (kv[1]["per_chip"], -kv[1]["fsdp"], kv[1]["remat"])):
+                     key=lambda kv: (kv[1]["per_chip"], -kv[1]["fsdp"], kv[1]["remat"],
+                                     not kv[1].get("quick"))):
+    head = (f"| {r['fsdp']} | {r['remat']} | {r['per_chip']} | "
+            f"{'quick (-1)' if r.get('quick') else 'default'} |")
     if "total" not in r:
-      lines.append(f"| {r['fsdp']} | {r['remat']} | {r['per_chip']} | – | – | {r['error']} | – |")
+      lines.append(f"{head} – | – | {r['error']} | – |")
       continue
     ips = r.get("images_per_s_per_chip")
-    lines.append(f"| {r['fsdp']} | {r['remat']} | {r['per_chip']} | {_gib(r['total']):.3f} | "
-                 f"{'yes' if r['fits'] else 'no'} | {'–' if not ips else f'{ips:.4g}'} | "
-                 f"{r.get('compile_s', 0):.1f} |")
+    lines.append(f"{head} {_gib(r['total']):.3f} | {'yes' if r['fits'] else 'no'} | "
+                 f"{'–' if not ips else f'{ips:.4g}'} | {r.get('compile_s', 0):.1f} |")
   best = report.get("best")
-  lines += ["", "Best fitting choice (estimated images/s per chip): " +
-            ("none" if not best else "`" + " ".join(best["overrides"]) + "`")]
+  lines += ["", "Best fitting choice (estimated images/s per chip"
+            + (", confirmed at XLA's default effort" if report.get("quick") else "") + "): "
+            + ("none" if not best else "`" + " ".join(best["overrides"]) + "`")]
   return "\n".join(lines)

@@ -106,9 +106,14 @@ def _fake_compile(limit_bytes):
   from ibmd_jax import aot
   seen = []
 
-  def one(config, devices, fsdp, remat, per_chip, program, chip, hbm):
-    seen.append((fsdp, remat, per_chip))
-    total = int((4e9 / fsdp + per_chip * (1e9 if remat == "none" else 0.3e9)))
+  def one(config, devices, fsdp, remat, per_chip, program, chip, hbm, options=None):
+    if options is None:
+      seen.append((fsdp, remat, per_chip))
+    else:  # aot.search_quick: XLA's quick compile, modelled as understating memory by 10 %
+      assert options == aot.QUICK_XLA, options
+      seen.append((fsdp, remat, per_chip, "quick"))
+    total = int((4e9 / fsdp + per_chip * (1e9 if remat == "none" else 0.3e9))
+                * (0.9 if options else 1.0))
     flops = per_chip * len(devices) * 1e12 * (1.3 if remat == "full" else 1.0) / len(devices)
     got = aot.Compiled(name=program, argument=total, output=0, alias=0, temp=0, code=0,
                        flops=flops, bytes_accessed=0.0, optimal_seconds=None,
@@ -161,6 +166,42 @@ def test_search_order_pruning_cache_and_budget(tmp_path, monkeypatch):
   assert rest["best"]["name"] == best["name"]
 
 
+def test_a_quick_search_confirms_its_winner_at_xlas_default_effort(tmp_path, monkeypatch):
+  """search_quick: every candidate compiled quickly; then the fitting ones at the default effort,
+  best first, until one fits. The quick compile understates memory (modelled: 10 %), so its
+  winner (8 per chip) does not fit at the default and the next (6) is the answer."""
+  from ibmd_jax import aot
+  monkeypatch.setattr(aot, "topology_devices", lambda t: list(range(4)))
+  fake, seen = _fake_compile(limit_bytes=8.2e9)  # fsdp=4, 'none': (1 + b)·1e9, quick 0.9x that
+  monkeypatch.setattr(aot, "_search_one", fake)
+  c = load_config("bench64", "inpaint,tiny")
+  c.aot.search, c.aot.topology, c.aot.search_quick = True, "v5e:2x2", True
+  c.aot.search_batches, c.aot.search_remat, c.aot.search_fsdp = (2, 4, 6, 8), ("none",), (4,)
+  report = aot.search(c, str(tmp_path))
+  assert seen == [(4, "none", b, "quick") for b in (2, 4, 6, 8)] + [(4, "none", 8), (4, "none", 6)]
+  best = report["best"]
+  assert not best["quick"] and best["per_chip"] == 6 and best["name"] == "fsdp=4,remat=none,per_chip=6"
+  assert best["total"] == 7e9 and best["overrides"][-1] == "--config.distill.batch_size=24"
+  assert not report["candidates"]["fsdp=4,remat=none,per_chip=8"]["fits"]
+  assert report["candidates"]["quick:fsdp=4,remat=none,per_chip=8"]["fits"]
+  md = (tmp_path / "aot_search.md").read_text()
+  assert md.count("quick (-1)") == 4 and md.count("| default |") == 2
+  assert "confirmed at XLA's default effort" in md
+  # A rerun compiles nothing; without search_quick only the default compiles count as results.
+  n = len(seen)
+  assert aot.search(c, str(tmp_path))["compiled_now"] == 0 and len(seen) == n
+  c.aot.search_quick = False
+  plain = aot.search(c, str(tmp_path))
+  assert plain["best"]["name"] == "fsdp=4,remat=none,per_chip=6"
+  assert [s for s in seen[n:]] == [(4, "none", 2), (4, "none", 4)]  # 6 and 8 were cached
+  # When nothing that fitted quickly fits at the default, the error says so.
+  fake2, _ = _fake_compile(limit_bytes=2.9e9)  # quick: 0.9·3e9 fits at 2; default 3e9 does not
+  monkeypatch.setattr(aot, "_search_one", fake2)
+  c.aot.search_quick, c.aot.search_batches = True, (2,)
+  with pytest.raises(aot.DoesNotFit, match="none that fitted quickly fitted at XLA's default"):
+    aot.search(c, str(tmp_path / "none"))
+
+
 def test_search_refuses_bad_settings(tmp_path, monkeypatch):
   from ibmd_jax import aot
   from ibmd_jax.errors import ConfigError
@@ -199,6 +240,26 @@ def test_search_from_the_launcher_compiles_and_prints_the_overrides(tmp_path):
   assert "--config.distill.batch_size=8" in rep["best"]["overrides"]
   # No persistent cache in compile mode: the compile-only client cannot load its own entries.
   assert "compilation cache: off" in r.stderr and not (tmp_path / "jax_cache").exists()
+
+
+@needs_libtpu
+def test_a_quick_search_from_the_launcher_reaches_xla_and_reports_the_default_compile(tmp_path):
+  """search_quick with the real compiler (toy round, v5e:2x2, one candidate): the quick compile is
+  a different program (fewer instructions: XLA took the option) and the winner is the default."""
+  env = dict(os.environ, PYTHONPATH=REPO, ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+  r = subprocess.run(
+      [sys.executable, "-m", "launch.main", "--config=configs/toy_cond.py",
+       f"--workdir={tmp_path}", "--config.mode=compile", "--config.aot.topology=v5e:2x2",
+       "--config.aot.search=True", "--config.aot.search_batches=(2,)",
+       "--config.aot.search_fsdp=(1,)", "--config.aot.search_quick=True"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rep = json.load(open(tmp_path / "aot_search.json"))
+  quick, default = (rep["candidates"][p + "fsdp=1,remat=none,per_chip=2"] for p in ("quick:", ""))
+  assert quick["quick"] and not default["quick"] and rep["quick"]
+  assert 0 < quick["hlo_instructions"] < default["hlo_instructions"], (quick, default)
+  assert rep["best"]["name"] == "fsdp=1,remat=none,per_chip=2"
+  assert rep["best"]["total"] == default["total"] and not rep["best"]["quick"]
 
 
 @needs_libtpu
