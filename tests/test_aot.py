@@ -401,3 +401,23 @@ def test_a_bad_compile_threads_is_one_clear_error(tmp_path):
   with pytest.raises(ConfigError, match=r"aot.compile_threads=3: 1 compiles .* 2 at once"):
     aot.run(c, str(tmp_path))
   assert not os.listdir(tmp_path)
+
+
+def test_collective_bytes_and_their_breakdown_read_off_hlo_text():
+  """aot.collective_bytes: a synchronous op counts its result; an async '-start' tuple (operand,
+  result) its larger member; a combined all-reduce's tuple whole. bench/collectives_by_chip also
+  counts instructions against distinct channels: the same gather twice is 2 instructions, 1 channel."""
+  from bench.collectives_by_chip import breakdown
+  from ibmd_jax import aot
+  hlo = "\n".join([
+      "  %all-gather.1 = bf16[3,3,32,64]{2,3,1,0} all-gather(%p.1), channel_id=820, dims={3}",
+      "  %all-gather.2 = bf16[3,3,32,64]{2,3,1,0:T(8,128)} all-gather(%p.2), channel_id=820, x=1",
+      "  %ags = (f32[16,128]{1,0}, f32[64,128]{1,0}) all-gather-start(%p.3), channel_id=7, y=2",
+      "  %ar = (f32[10]{0}, bf16[4,4]{1,0}) all-reduce(%a, %b), channel_id=9, to_apply=%add",
+      "  %add.1 = f32[10]{0} add(%a, %b)",
+  ])
+  got = aot.collective_bytes(hlo)
+  assert got == {"all-gather": 2 * 3 * 3 * 32 * 64 * 2 + 64 * 128 * 4, "all-reduce": 40 + 32}
+  b = breakdown(hlo)
+  assert b["all-gather"] == {"bytes": got["all-gather"], "instructions": 3, "channels": 2}
+  assert b["all-reduce"] == {"bytes": 72, "instructions": 1, "channels": 1}
