@@ -295,13 +295,24 @@ def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None
   1 compiles its two programs one after the other, 2 at once, 0 chooses from host memory."""
   t0 = time.time()
   lowered = fn.lower(*args)
-  if isinstance(lowered, shd.SplitLowered):
-    compiled = lowered.compile(
-        compiler_options=options or None, threads=threads,
-        on_done=lambda part, s: print(f"[compile] {name}: {part} program compiled in {s:.1f} s",
-                                      flush=True))
-  else:
-    compiled = lowered.compile(compiler_options=options or None)
+  # No persistent-cache entries: libtpu's compile-only client cannot read them back ("PjRtCompiler
+  # must be constructed with a Client"), so they are waste, and a later compile of the same program
+  # in this process warns on them. (The launcher turns the cache off in compile mode; this covers
+  # in-process use, where JAX has fixed the cache switch for the process.) The write threshold is
+  # read at every write, so raising it here stops them and the old value comes back after.
+  key = "jax_persistent_cache_min_compile_time_secs"
+  keep = getattr(jax.config, key)
+  jax.config.update(key, float("inf"))
+  try:
+    if isinstance(lowered, shd.SplitLowered):
+      compiled = lowered.compile(
+          compiler_options=options or None, threads=threads,
+          on_done=lambda part, s: print(f"[compile] {name}: {part} program compiled in {s:.1f} s",
+                                        flush=True))
+    else:
+      compiled = lowered.compile(compiler_options=options or None)
+  finally:
+    jax.config.update(key, keep)
   dt = time.time() - t0
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis() or {}

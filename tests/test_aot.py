@@ -22,6 +22,9 @@ except ImportError:
 needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason='libtpu is not installed: pip install '
                                   '-e ".[tpu]" (compile mode needs its compile-only client)')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# In-process compiles (the tests share a persistent cache) must not write TPU entries that the
+# compile-only client cannot read back: reading one warns, and here that is an error.
+pytestmark = pytest.mark.filterwarnings("error:Error reading persistent compilation cache entry")
 
 
 def _config(topology, **kw):
