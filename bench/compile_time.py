@@ -99,13 +99,20 @@ def main(argv=None):
     compiled = lowered.compile(compiler_options=options or None)
     t2 = time.time()
     mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis() or {}
+    cost = (cost[0] if cost else {}) if isinstance(cost, list) else cost
     hlo = compiled.as_text() or ""
     rows[name] = {"overrides": overrides, "lower_s": t1 - t0, "compile_s": t2 - t1,
                   "stablehlo_lines": lowered.as_text().count("\n"),
                   "hlo_instructions": len(re.findall(r"^\s*(?:ROOT )?%\S+ = ", hlo, re.M)),
                   "convolutions": len(re.findall(r" convolution\(", hlo)),
                   "while_loops": len(re.findall(r" while\(", hlo)),
-                  "gib_per_chip": aot.chip_bytes(mem) / 2**30}
+                  "gib_per_chip": aot.chip_bytes(mem) / 2**30,
+                  # XLA's counts for the compiled program (a loop body once): a quicker compile
+                  # is a different program, so these move too
+                  "tflop_per_chip": float(cost.get("flops", 0.0)) / 1e12,
+                  "gb_accessed_per_chip": float(cost.get("bytes accessed", 0.0)) / 1e9,
+                  "collective_gib_per_chip": sum(aot.collective_bytes(hlo).values()) / 2**30}
     del compiled, lowered  # XLA writes a module's pass metadata when it lets go of it
     print(name, json.dumps(rows[name]), flush=True)
     if args.out:

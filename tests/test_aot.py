@@ -424,3 +424,22 @@ def test_collective_bytes_and_their_breakdown_read_off_hlo_text():
   b = breakdown(hlo)
   assert b["all-gather"] == {"bytes": got["all-gather"], "instructions": 3, "channels": 2}
   assert b["all-reduce"] == {"bytes": 72, "instructions": 1, "channels": 1}
+
+
+@needs_libtpu
+def test_compile_time_bench_compares_variants_and_passes_xla_options(tmp_path):
+  """bench/compile_time.py: config overrides and ``xla.`` compiler options per variant; XLA's
+  lowest effort is a smaller program; an unknown key is refused by name."""
+  from bench import compile_time
+  with pytest.raises(SystemExit, match="no such config key"):
+    compile_time.apply(compile_time.load("configs/toy_cond.py"), "distill.not_a_key=1", {})
+  out = tmp_path / "ct.json"
+  compile_time.main(["--config=configs/toy_cond.py", "--topology=v5e:2x2", "--program=round",
+                     "--variant=base:distill.batch_size=8",
+                     "--variant=quick:distill.batch_size=8,xla.exec_time_optimization_effort=-1",
+                     f"--out={out}"])
+  v = json.load(open(out))["variants"]
+  assert 0 < v["quick"]["hlo_instructions"] < v["base"]["hlo_instructions"], v
+  for r in v.values():
+    assert r["gib_per_chip"] > 0 and r["tflop_per_chip"] > 0 and r["compile_s"] > 0
+  assert (tmp_path / "ct.md").read_text().count("\n| ") == 2  # one row per variant
