@@ -17,15 +17,15 @@ import json
 import os
 import re
 
+from ibmd_jax import aot
+
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-_CHANNEL = re.compile(r"\s(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
-                      r"(?:-start)?\([^)]*\), channel_id=(\d+)")
+_CHANNEL = re.compile(r"\s(" + "|".join(aot.COLLECTIVE_OPS) + r")(?:-start)?\([^)]*\), channel_id=(\d+)")
 
 
 def breakdown(hlo_text: str) -> dict:
   """{op: {bytes, instructions, channels}} of a compiled module's text."""
-  from ibmd_jax import aot  # pylint: disable=g-import-not-at-top
   sizes = aot.collective_bytes(hlo_text)
   count = collections.Counter(m.group(2) for m in aot._COLLECTIVE.finditer(hlo_text))  # pylint: disable=protected-access
   channels = collections.defaultdict(set)
@@ -44,7 +44,7 @@ def main():
   p.add_argument("--out", default="")
   a = p.parse_args()
   from bench.compile_time import load  # pylint: disable=g-import-not-at-top
-  from ibmd_jax import aot, sharding as shd, tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  from ibmd_jax import sharding as shd, tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   out = {}
   for topo in a.topology:
     c = load(a.config)

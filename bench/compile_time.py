@@ -99,12 +99,11 @@ def main(argv=None):
     compiled = lowered.compile(compiler_options=options or None)
     t2 = time.time()
     mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis() or {}
-    cost = (cost[0] if cost else {}) if isinstance(cost, list) else cost
+    cost = aot.xla_cost(compiled)
     hlo = compiled.as_text() or ""
     rows[name] = {"overrides": overrides, "lower_s": t1 - t0, "compile_s": t2 - t1,
                   "stablehlo_lines": lowered.as_text().count("\n"),
-                  "hlo_instructions": len(re.findall(r"^\s*(?:ROOT )?%\S+ = ", hlo, re.M)),
+                  "hlo_instructions": aot.hlo_instructions(hlo),
                   "convolutions": len(re.findall(r" convolution\(", hlo)),
                   "while_loops": len(re.findall(r" while\(", hlo)),
                   "gib_per_chip": aot.chip_bytes(mem) / 2**30,

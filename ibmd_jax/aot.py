@@ -57,8 +57,8 @@ INSTALL_HINT = ('compile mode needs libtpu\'s compile-only client: pip install -
 # Bytes per element of HLO's array types, for the collectives' sizes read off the compiled HLO.
 HLO_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
              "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-_COLLECTIVE = re.compile(r"=\s*(\(.*?\)|\S+)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|"
-                         r"collective-permute)(-start)?\(")
+COLLECTIVE_OPS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+_COLLECTIVE = re.compile(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(COLLECTIVE_OPS) + r")(-start)?\(")
 _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 
 
@@ -77,6 +77,17 @@ def collective_bytes(hlo_text: str) -> dict:
     if sizes:
       out[op] = out.get(op, 0) + (max(sizes) if start else sum(sizes))
   return out
+
+
+def hlo_instructions(hlo_text: str) -> int:
+  """Instructions of a compiled HLO module's text (the program's size)."""
+  return len(re.findall(r"^\s*(?:ROOT )?%\S+ = ", hlo_text, re.M))
+
+
+def xla_cost(compiled) -> dict:
+  """XLA's cost analysis of a compiled program as one dict (older JAX: a list, one per module)."""
+  cost = compiled.cost_analysis() or {}
+  return (cost[0] if cost else {}) if isinstance(cost, list) else cost
 
 
 class DoesNotFit(RunError):
@@ -315,9 +326,7 @@ def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None
     jax.config.update(key, keep)
   dt = time.time() - t0
   mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis() or {}
-  if isinstance(cost, list):  # older JAX: one dict per computation
-    cost = cost[0] if cost else {}
+  cost = xla_cost(compiled)
   opt = cost.get("optimal_seconds")
   text = compiled.as_text() or ""
   coll = sum(collective_bytes(text).values())
@@ -334,7 +343,7 @@ def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None
                   images=images,
                   parts_s=tuple(getattr(compiled, "seconds", ())),
                   threads=int(getattr(compiled, "threads", 1)),
-                  hlo_instructions=len(re.findall(r"^\s*(?:ROOT )?%\S+ = ", text, re.M)))
+                  hlo_instructions=hlo_instructions(text))
 
 
 def estimate(c: Compiled, chip: dict, chips: int) -> dict:
@@ -579,6 +588,7 @@ def search(config, workdir: str) -> dict:
     else:
       print(f"[search] {path} is from another config or slice: starting over", flush=True)
   budget = float(ac.get("search_budget_s", 0.0) or 0.0)
+  quick = bool(ac.get("search_quick", False))
   t0 = time.time()
   failed_at: dict = {}  # (fsdp, remat) -> smallest per-chip batch that did not fit
   fit_at: set = set()  # (fsdp, batch) where some remat fitted
@@ -588,15 +598,13 @@ def search(config, workdir: str) -> dict:
   def save(best=None):
     out = {"topology": topology, "chip": kind, "chips": chips, "program": program,
            "fingerprint": fp, "jax": jax.__version__, "chip_figures": chip, "candidates": cache,
-           "best": best, "complete": not cut, "quick": bool(ac.get("search_quick", False))}
+           "best": best, "complete": not cut, "quick": quick}
     os.makedirs(workdir, exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
       json.dump(out, f, indent=1)
     os.replace(tmp, path)
     return out
-
-  quick = bool(ac.get("search_quick", False))
 
   def get(fsdp, remat, per_chip, fast):
     """The candidate's result (cached or compiled now); None when the budget is spent."""
