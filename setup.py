@@ -28,6 +28,9 @@ setuptools.setup(
         # libtpu's compile-only client for compile mode (--config.mode=compile, ibmd_jax/aot.py):
         # the TPU build matching the installed jax (its 'tpu' extra pins libtpu).
         "tpu": ["jax[tpu]"],
+        # gs:// workdirs (ibmd_jax.paths: etils.epath's fsspec backend reads and writes GCS through
+        # gcsfs); launch/tpu_pod.sh installs it on every worker.
+        "gcs": ["gcsfs"],
         # TFDS is only needed for the TFDS data sources (imagenet2012 etc.).
         "tfds": ["tensorflow-datasets>=4.9"],
         # scikit-image / scikit-learn ship the real photographs used by the image demo and the
