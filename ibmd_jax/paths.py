@@ -18,11 +18,13 @@ What a bucket cannot do is done another way here, and said so:
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import tempfile
 import time
 import uuid
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 from etils import epath
 
@@ -204,3 +206,35 @@ def check_workdir(workdir: PathLike) -> str:
     raise RunError(f"workdir {path} cannot be written ({why}): {hint}, or pass another "
                    "--workdir") from None
   return path
+
+
+def copy_tree(local_dir: str, dest: PathLike) -> int:
+  """Copies a local folder's files into dest (created; files there replaced); returns how many."""
+  n = 0
+  for root, _, files in os.walk(local_dir):
+    rel = os.path.relpath(root, local_dir)
+    target = Path(dest) if rel == "." else Path(dest) / rel
+    target.mkdir(parents=True, exist_ok=True)
+    for name in files:
+      (target / name).write_bytes(open(os.path.join(root, name), "rb").read())
+      n += 1
+  return n
+
+
+@contextlib.contextmanager
+def staged(directory: PathLike) -> Iterator[str]:
+  """A local folder to write `directory`'s files into, for writers that need a local path
+  (matplotlib, PIL, numpy, TensorBoard): `directory` itself when it is local; a temporary folder
+  otherwise, whose files are copied to the bucket when the block ends without an error."""
+  if not is_remote(directory):
+    yield makedirs(directory)
+    return
+  with tempfile.TemporaryDirectory(prefix="ibmd_stage_") as tmp:
+    yield tmp
+    copy_tree(tmp, directory)
+
+
+def local_dir(path: PathLike) -> Optional[str]:
+  """The local folder of a path, or None for a bucket (for what only a local disk has: free
+  space, caches that must be read back in place)."""
+  return None if is_remote(path) else resolve(path)

@@ -27,7 +27,8 @@ def test_gs_workdir_without_gcsfs_is_refused_before_any_work(monkeypatch):
     paths.check_workdir("gs://bucket/run")
 
 
-def test_mocked_bucket_write_read_append_replace(tmp_path):
+def test_mocked_bucket_write_read_append_replace(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # a path taken for a local one would land here, under 'gs:'
   with mock_bucket(str(tmp_path)):
     wd = paths.check_workdir("gs://bucket/run")
     assert wd == "gs://bucket/run"
@@ -45,7 +46,7 @@ def test_mocked_bucket_write_read_append_replace(tmp_path):
   assert (tmp_path / "bucket/run/metrics.jsonl").read_text() == '{"a": 1}\n{"a": 2}\n'
   assert json.loads((tmp_path / "bucket/run/config.json").read_text()) == {"x": 1}
   assert not (tmp_path / "bucket/run/.lock").exists()
-  assert not os.path.exists("gs:") and not [p for p in os.listdir(tmp_path / "bucket/run")
+  assert not (tmp_path / "gs:").exists() and not [p for p in os.listdir(tmp_path / "bucket/run")
                                             if p.startswith(".write_test")]
 
 
@@ -57,3 +58,17 @@ def test_workdir_that_is_a_file_or_unwritable_is_refused(tmp_path):
     with pytest.raises(RunError, match=r"gs://theirs/run cannot be written \(Permission denied\)"
                        r".*gcloud storage ls gs://theirs/run"):
       paths.check_workdir("gs://theirs/run")
+
+
+def test_staged_writes_land_in_the_bucket_and_local_ones_in_place(tmp_path):
+  with mock_bucket(str(tmp_path / "gcs")):
+    with paths.staged("gs://b/run/eval") as d:
+      assert not d.startswith(str(tmp_path / "gcs"))  # a local folder, not the bucket
+      os.makedirs(os.path.join(d, "grids"))
+      open(os.path.join(d, "report.md"), "w").write("# r")
+      open(os.path.join(d, "grids", "a.png"), "wb").write(b"\x89PNG")
+    assert paths.local_dir("gs://b/run") is None
+  assert (tmp_path / "gcs/b/run/eval/report.md").read_text() == "# r"
+  assert (tmp_path / "gcs/b/run/eval/grids/a.png").read_bytes() == b"\x89PNG"
+  with paths.staged(str(tmp_path / "local" / "eval")) as d:
+    assert d == str(tmp_path / "local" / "eval") and os.path.isdir(d)
