@@ -149,12 +149,15 @@ def touch(path: PathLike) -> None:
 
 
 def age_s(path: PathLike) -> float:
-  """Seconds since the file was last written (0 where the store does not say)."""
+  """Seconds since the file was last written (0 where the store does not say). Local files: the
+  float mtime (epath's stat rounds it to whole seconds)."""
+  text = resolve(path)
   try:
-    st = Path(path).stat()
+    if not is_remote(text):
+      return max(0.0, time.time() - os.path.getmtime(text))
+    mtime = float(getattr(Path(text).stat(), "mtime", 0.0) or 0.0)
   except (OSError, NotImplementedError):
     return 0.0
-  mtime = float(getattr(st, "mtime", 0.0) or 0.0)
   return max(0.0, time.time() - mtime) if mtime else 0.0
 
 
@@ -203,7 +206,7 @@ def check_workdir(workdir: PathLike) -> str:
     why = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:200] or type(e).__name__
     hint = ("check that the bucket exists and that this machine's account may write to it "
             "(gcloud storage ls " + path + ")") if is_remote(path) else "fix its permissions"
-    raise RunError(f"workdir {path} cannot be written ({why}): {hint}, or pass another "
+    raise RunError(f"workdir {path} is not writable ({why}): {hint}, or pass another "
                    "--workdir") from None
   return path
 

@@ -55,7 +55,7 @@ def test_workdir_that_is_a_file_or_unwritable_is_refused(tmp_path):
   with pytest.raises(RunError, match="is a file, not a directory"):
     paths.check_workdir(str(tmp_path / "f"))
   with mock_bucket(str(tmp_path), deny=("theirs",)):
-    with pytest.raises(RunError, match=r"gs://theirs/run cannot be written \(Permission denied\)"
+    with pytest.raises(RunError, match=r"gs://theirs/run is not writable \(Permission denied\)"
                        r".*gcloud storage ls gs://theirs/run"):
       paths.check_workdir("gs://theirs/run")
 
