@@ -241,3 +241,11 @@ def local_dir(path: PathLike) -> Optional[str]:
   """The local folder of a path, or None for a bucket (for what only a local disk has: free
   space, caches that must be read back in place)."""
   return None if is_remote(path) else resolve(path)
+
+
+def for_orbax(path: PathLike) -> str:
+  """The directory string handed to Orbax (checkpoints, the teacher's parameters): the run's path
+  as it is — Orbax reads and writes gs:// itself (TensorStore's GCS driver, the GCS client). Tests
+  that mock the bucket map it to the bucket's local folder here (tests/mock_gcs.py), since Orbax's
+  GCS clients do not go through epath."""
+  return resolve(path)

@@ -1,6 +1,8 @@
 """A mocked gs:// for tests: etils.epath's backends replaced by one that keeps every
 ``gs://bucket/key`` as the local file <root>/bucket/key (etils.epath.testing.mock_epath), so code
-that goes through ibmd_jax.paths reads and writes a bucket that is a temporary folder."""
+that goes through ibmd_jax.paths reads and writes a bucket that is a temporary folder. Orbax's own
+GCS I/O (TensorStore's GCS driver) is not mocked: ibmd_jax.paths.for_orbax hands it the bucket's
+local folder instead."""
 from __future__ import annotations
 
 import contextlib
@@ -47,12 +49,14 @@ def mock_bucket(root: str, deny=()):
     return [("gs://" + os.path.relpath(g, root)) if g.startswith(root) else g
             for g in fn(local(p))]
 
-  keep = paths.missing_backend
+  keep = paths.missing_backend, paths.for_orbax
   paths.missing_backend = lambda path: None  # the mocked bucket needs no gcsfs
+  # Orbax talks to GCS through its own clients, not epath: give it the bucket's local folder
+  paths.for_orbax = lambda path: local(paths.resolve(path))
   try:
     with epath_testing.mock_epath(
         open=opening, exists=one, isdir=one, listdir=one, makedirs=writing, mkdir=writing, remove=one,
         rmtree=one, stat=one, rename=two, replace=two, copy=two, walk=walk, glob=glob):
       yield root
   finally:
-    paths.missing_backend = keep
+    paths.missing_backend, paths.for_orbax = keep
