@@ -249,3 +249,21 @@ def for_orbax(path: PathLike) -> str:
   that mock the bucket map it to the bucket's local folder here (tests/mock_gcs.py), since Orbax's
   GCS clients do not go through epath."""
   return resolve(path)
+
+
+def rename(src: PathLike, dst: PathLike) -> None:
+  """Moves a file or folder (a bucket: copied and deleted by the backend)."""
+  Path(src).rename(Path(dst))
+
+
+def rmtree(path: PathLike) -> None:
+  """Removes a folder and what it holds; a missing one is not an error."""
+  p = Path(path)
+  if p.exists():
+    p.rmtree()
+
+
+def listdir(path: PathLike) -> list[str]:
+  """Names in a folder ([] when it does not exist)."""
+  p = Path(path)
+  return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
