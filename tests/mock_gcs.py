@@ -45,9 +45,11 @@ def mock_bucket(root: str, deny=()):
     for top, dirs, files in fn(local(p), *a, **k):
       yield top, dirs, files
 
-  def glob(fn, p):
-    return [("gs://" + os.path.relpath(g, root)) if g.startswith(root) else g
-            for g in fn(local(p))]
+  def glob(fn, p):  # answers in the spelling it was asked in
+    found = fn(local(p))
+    if local(p) == os.fspath(p):
+      return found
+    return ["gs://" + os.path.relpath(g, root) for g in found]
 
   keep = paths.missing_backend, paths.for_orbax
   paths.missing_backend = lambda path: None  # the mocked bucket needs no gcsfs
