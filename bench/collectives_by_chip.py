@@ -17,7 +17,7 @@ import json
 import os
 import re
 
-from ibmd_jax import aot
+from tools import aot
 
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 

@@ -78,7 +78,7 @@ def main(argv=None):
   p.add_argument("--out", default="")
   p.add_argument("--passes", default="", help="dump dir for XLA pass timings (per variant)")
   args = p.parse_args(argv)
-  from ibmd_jax import aot
+  from tools import aot
   from ibmd_jax import sharding as shd
   from ibmd_jax.tasks import make_task
   devices = aot.topology_devices(args.topology)

@@ -79,7 +79,7 @@ def data_config() -> ml_collections.ConfigDict:
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # teacher | distill | eval | pipeline (teacher -> distill -> eval) | compile (ibmd_jax/aot.py:
+  # teacher | distill | eval | pipeline (teacher -> distill -> eval) | compile (tools/aot.py:
   # the programs compiled for a TPU slice on this host, per-chip memory and FLOPs)
   c.mode = "pipeline"
   c.seed = 0
@@ -157,7 +157,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.grid_rows = 8  # examples shown in the image grids
   c.eval.grid_nfes = (1, 100)  # teacher-mode sample grid
   # eval/outputs.npz: every set's outputs (uint8) and per-image PSNR / SSIM, for bootstrap
-  # intervals and paired comparisons across runs (ibmd_jax/eval/bootstrap.py, bench/bench64.py)
+  # intervals and paired comparisons across runs (tools/bootstrap.py, bench/bench64.py)
   c.eval.save_outputs = False
   # evaluate the generator as distillation starts it (the teacher's weights, zero noise weights)
   # instead of a trained one: the control of the benchmark's checks

@@ -98,7 +98,7 @@ def _cpu32(c, n_steps: int, inpaint: bool) -> None:
 
 
 # The one-call H200 variant ('gpu9', bench/run_gpu.sh bench64): three setups' stages in 9 minutes.
-# Sized with bench/flops.py (tests/test_bench64.py re-derives it): a 64² forward of UNET is 13.5
+# Sized with bench/flops.py (tests/tools/test_bench64.py re-derives it): a 64² forward of UNET is 13.5
 # GFLOP per image; a teacher step at batch 64 is 2.6 TFLOP, an IBMD round at batch 64 23.2 TFLOP
 # (1 step) / 30.0 (2 steps), the evaluation 512 images x 117 NFE = 0.81 PFLOP per teacher sampler.
 # At an assumed 20 % of the H200's 989 dense bf16 TFLOP/s, a setup's stages compute for about

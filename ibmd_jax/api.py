@@ -148,7 +148,7 @@ def plan_state(ib: IBMD, net: NetDenoiser, init_params: Any, example: dict, opts
 def round_program(ib: IBMD, net: NetDenoiser, init_params: Any, teacher_params: Any,
                   example: dict, opts: DistillOptions, mesh) -> tuple[Any, Any, Any]:
   """(the jitted fused round with its shardings and donation, the planned IBMDState, the
-  teacher's shardings): what distillation runs, and what compile mode (ibmd_jax.aot) compiles.
+  teacher's shardings): what distillation runs, and what compile mode (tools.aot) compiles.
   init_params / teacher_params may be ShapeDtypeStructs."""
   planned, gen_tx, critic_tx = plan_state(ib, net, init_params, example, opts, mesh)
   shd.check_batch(mesh, opts.batch_size // opts.microbatches, "distill.batch_size / microbatches")

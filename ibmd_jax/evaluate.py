@@ -71,7 +71,7 @@ def _samplers(config, task: Task, teacher_params, gen_params, mesh, key) -> list
 
   def put(tree):
     if state_lib.is_abstract(tree):
-      return tree  # compile mode (ibmd_jax.aot): shapes only
+      return tree  # compile mode (tools.aot): shapes only
     return jax.device_put(tree, shd.state_shardings(mesh, tree))
 
   teachers = [str(t) for t in ec.teachers]

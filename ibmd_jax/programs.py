@@ -1,5 +1,5 @@
 """The launcher's jitted programs, built the one way that training, evaluation and compile mode
-(ibmd_jax/aot.py) all use: the teacher step with its shardings and donation, and the teacher's
+(tools/aot.py) all use: the teacher step with its shardings and donation, and the teacher's
 parameter shapes in their shardings. (The fused IBMD round is `api.round_program`.)"""
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def teacher_abstract(task: Task, mesh) -> Any:
 
 def teacher_program(config, task: Task, mesh) -> tuple[Any, state_lib.Planned]:
   """(jitted teacher step with its shardings and donation, the planned TeacherState): what
-  teacher training runs, and what compile mode (ibmd_jax.aot) compiles."""
+  teacher training runs, and what compile mode (tools.aot) compiles."""
   tc = config.teacher
   key = jax.random.key(int(config.seed))
   shd.check_batch(mesh, int(tc.batch_size), "teacher.batch_size")

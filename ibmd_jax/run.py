@@ -140,8 +140,10 @@ def saved_generator(config, workdir: str, task: Task, teacher_params, mesh):
   return None if restored is None else restored.gen_ema
 
 
-def run(config, workdir: str) -> dict:
-  """Runs config.mode in workdir; returns {'teacher', 'state', 'eval', 'grid'} as they apply."""
+def run(config, workdir: str, compile_fn=None) -> dict:
+  """Runs config.mode in workdir; returns {'teacher', 'state', 'eval', 'grid'} as they apply.
+  Compile mode runs `compile_fn(config, workdir, task)` (the launcher passes tools.aot.run: the
+  compile tooling lives outside the package)."""
   deadline = make_deadline(config.stop_after_s)
   checks.check_config(config)
   workdir = checks.check_workdir(workdir)
@@ -153,8 +155,10 @@ def run(config, workdir: str) -> dict:
     writer = MetricWriter(workdir)
     task = make_task(config)
     if config.mode == "compile":  # no devices of its own: the slice's, from libtpu
-      from ibmd_jax import aot  # pylint: disable=g-import-not-at-top
-      return {"aot": aot.run(config, workdir, task)}
+      if compile_fn is None:
+        raise ConfigError("mode='compile' runs from the launcher (python -m launch.main ... "
+                          "--config.mode=compile) or tools.aot.run(config, workdir)")
+      return {"aot": compile_fn(config, workdir, task)}
     mesh = shd.mesh_from_config(config)
     if config.mode in ("eval", "pipeline"):  # bad eval settings fail now, not after training
       evaluate_lib.check(config, task)

@@ -51,7 +51,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   logging.warning("JAX %s, process %d/%d, devices: %s, compilation cache: %s", jax.__version__,
                   jax.process_index(), jax.process_count(), jax.devices(), cache_dir or "off")
-  run.run(_CONFIG.value, _WORKDIR.value)
+  compile_fn = None
+  if _CONFIG.value.get("mode") == "compile":  # the compile tooling, outside the package
+    from tools import aot
+    compile_fn = aot.run
+  run.run(_CONFIG.value, _WORKDIR.value, compile_fn=compile_fn)
 
 
 def _unknown_override(argv) -> str:

@@ -22,10 +22,8 @@ loop body once (for the round: one critic step and the generator step), labelled
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
-import re
 import time
 from typing import Any, Optional
 
@@ -35,86 +33,19 @@ import numpy as np
 
 from ibmd_jax import sharding as shd
 from ibmd_jax.errors import ConfigError, RunError
+from tools import split_compile
+# The chips, the HLO readers and the roofline, under the names compile mode has always had.
+from tools.chips import CHIPS, INSTALL_HINT, chip_of, topology_devices  # noqa: F401
+from tools.hlo import (COLLECTIVE_OPS, HLO_BYTES, collective_bytes, hlo_instructions,  # noqa: F401
+                       pass_times, xla_cost, xla_oom as _xla_oom)
+from tools.roofline import estimate
+from tools.split_compile import chip_bytes  # noqa: F401
 
-# Public datasheet figures per chip (Google Cloud TPU documentation, system architecture pages:
-# https://cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e): HBM GiB, dense bf16 TFLOP/s, HBM GB/s,
-# inter-chip interconnect Gbit/s per chip (all links).
-CHIPS = {
-    "v4": dict(hbm_gib=32.0, bf16_tflops=275.0, hbm_gbps=1228.0, ici_gbit=2400.0,
-               source="https://cloud.google.com/tpu/docs/v4"),
-    "v5e": dict(hbm_gib=16.0, bf16_tflops=197.0, hbm_gbps=819.0, ici_gbit=1600.0,
-                source="https://cloud.google.com/tpu/docs/v5e"),
-    "v5p": dict(hbm_gib=95.0, bf16_tflops=459.0, hbm_gbps=2765.0, ici_gbit=4800.0,
-                source="https://cloud.google.com/tpu/docs/v5p"),
-    "v6e": dict(hbm_gib=32.0, bf16_tflops=918.0, hbm_gbps=1640.0, ici_gbit=3584.0,
-                source="https://cloud.google.com/tpu/docs/v6e"),
-}
 PROGRAMS = ("teacher_step", "round", "teacher_sampler", "student")
-INSTALL_HINT = ('compile mode needs libtpu\'s compile-only client: pip install -e ".[tpu]" '
-                '(or pip install "jax[tpu]==<your jax version>")')
-
-
-# Bytes per element of HLO's array types, for the collectives' sizes read off the compiled HLO.
-HLO_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
-             "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-COLLECTIVE_OPS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
-_COLLECTIVE = re.compile(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(COLLECTIVE_OPS) + r")(-start)?\(")
-_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
-
-
-def collective_bytes(hlo_text: str) -> dict:
-  """{collective op: bytes of its results on one chip} in a compiled (partitioned) HLO module.
-  An async '-start' op's tuple holds its operand and result: the larger counts; a synchronous
-  op's tuple (combined collectives) counts whole. A loop body counts once, as in XLA's FLOPs."""
-  out: dict = {}
-  for m in _COLLECTIVE.finditer(hlo_text):
-    shape, op, start = m.groups()
-    sizes = []
-    for dt, dims in _ARRAY.findall(shape):
-      if dt in HLO_BYTES:
-        sizes.append(int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64))
-                     * HLO_BYTES[dt])
-    if sizes:
-      out[op] = out.get(op, 0) + (max(sizes) if start else sum(sizes))
-  return out
-
-
-def hlo_instructions(hlo_text: str) -> int:
-  """Instructions of a compiled HLO module's text (the program's size)."""
-  return len(re.findall(r"^\s*(?:ROOT )?%\S+ = ", hlo_text, re.M))
-
-
-def xla_cost(compiled) -> dict:
-  """XLA's cost analysis of a compiled program as one dict (older JAX: a list, one per module)."""
-  cost = compiled.cost_analysis() or {}
-  return (cost[0] if cost else {}) if isinstance(cost, list) else cost
 
 
 class DoesNotFit(RunError):
   """A compiled program needs more memory per chip than the chip has."""
-
-
-def chip_of(topology: str) -> str:
-  kind = topology.split(":", 1)[0].lower()
-  if kind not in CHIPS:
-    raise ConfigError(f"aot.topology={topology!r}: unknown chip {kind!r}; choose from "
-                      f"{sorted(CHIPS)} (e.g. v5e:4x4, v5p:4x4x4, v6e:4x4, v4:2x2x2)")
-  return kind
-
-
-def topology_devices(topology: str) -> list:
-  """The chips of a TPU slice, from libtpu's compile-only client."""
-  chip_of(topology)
-  try:
-    from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-    desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")
-  except Exception as e:  # libtpu missing, or a topology it does not know
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if importlib.util.find_spec("libtpu") is None:
-      raise ConfigError(f"{INSTALL_HINT} (libtpu is not installed; JAX said: {msg})") from e
-    raise ConfigError(f"aot.topology={topology!r} is not a TPU slice libtpu can describe: {msg}. "
-                      "Names look like v5e:4x4, v5p:4x4x4, v6e:4x4, v4:2x2x2") from e
-  return list(desc.devices)
 
 
 def _abstract(x, sharding):
@@ -184,8 +115,6 @@ def build_programs(config, task, mesh, which=PROGRAMS) -> dict:
   return out
 
 
-chip_bytes = shd.chip_bytes  # defined with the compiled-round types that use it
-
 
 def argument_bytes(args) -> int:
   """Bytes of a program's arguments on one chip, from their shapes and shardings (no compile;
@@ -228,70 +157,6 @@ class Compiled:
     return self.argument + self.output - self.alias + self.temp + self.code
 
 
-_PASS = re.compile(r'pass_metadata \{(.*?)\n\}', re.S)
-
-
-def _field(block: str, name: str) -> str:
-  m = re.search(rf'\b{name}: "?([^"\n]*)"?', block)
-  return m.group(1) if m else ""
-
-
-def pass_times(dump_dir: str, compile_s: Optional[float] = None, top: int = 12) -> dict:
-  """Where XLA's compile time went, from a dump made with the compiler options
-  ``xla_dump_to=dump_dir, xla_dump_module_metadata=True``: each HLO pass's own seconds (nested
-  pipelines' passes taken out of their parents), summed over its runs, the slowest ``top``; the
-  seconds covered by HLO passes; and, given the compile's wall time, the rest (the TPU backend's
-  code generation, which the metadata does not time)."""
-  spans = []
-  for root, _, files in os.walk(dump_dir):
-    for f in files:
-      if f.endswith(".metadata.textproto"):
-        with open(os.path.join(root, f)) as fh:
-          for block in _PASS.findall(fh.read()):
-            spans.append((int(_field(block, "start_timestamp_usec") or 0),
-                          int(_field(block, "end_timestamp_usec") or 0),
-                          _field(block, "pass_name"), _field(block, "pipeline_name")))
-  spans.sort(key=lambda s: (s[0], -s[1]))
-  own, stack = {}, []  # stack of [end, key, own_us]
-
-  def close(until):
-    while stack and stack[-1][0] <= until:
-      end, key, us = stack.pop()
-      own[key] = own.get(key, 0) + us
-
-  covered, last_end = 0, 0
-  for a, b, name, pipe in spans:
-    close(a)
-    if stack:
-      stack[-1][2] -= b - a  # a nested pass: not its parent's own time
-    stack.append([b, f"{pipe}/{name}", b - a])
-    covered += max(0, b - max(a, last_end))
-    last_end = max(last_end, b)
-  close(float("inf"))
-  slow = sorted(own.items(), key=lambda kv: -kv[1])[:top]
-  out = {"hlo_passes_s": covered / 1e6, "passes": len(spans),
-         "slowest": {k: round(v / 1e6, 2) for k, v in slow}}
-  # The phases from the dump files' times: HLO optimisation (before_optimizations ->
-  # after_optimizations_before_buffer_assignment), buffer assignment, backend code generation
-  # (-> after_codegen).
-  stamps = {}
-  for root, _, files in os.walk(dump_dir):
-    for f in files:
-      for tag in ("before_optimizations.txt", "after_optimizations_before_buffer_assignment.txt",
-                  "after_optimizations_after_buffer_assignment.txt", "after_codegen.txt"):
-        if f.endswith(tag):
-          stamps[tag] = max(stamps.get(tag, 0.0), os.path.getmtime(os.path.join(root, f)))
-  order = ["before_optimizations.txt", "after_optimizations_before_buffer_assignment.txt",
-           "after_optimizations_after_buffer_assignment.txt", "after_codegen.txt"]
-  if all(t in stamps for t in order):
-    out["phases_s"] = {"hlo_optimisation": stamps[order[1]] - stamps[order[0]],
-                       "buffer_assignment": stamps[order[2]] - stamps[order[1]],
-                       "backend_codegen": stamps[order[3]] - stamps[order[2]]}
-  if compile_s is not None:
-    out["rest_s"] = compile_s - covered / 1e6
-  return out
-
-
 def _parts(parts_s, threads) -> str:
   """' (critic 600 s + generator 700 s, one after the other)' for a split round, else ''."""
   if not parts_s:
@@ -302,10 +167,11 @@ def _parts(parts_s, threads) -> str:
 
 def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None,
                 threads: int = 0) -> Compiled:
-  """Lowers and compiles one program; `threads` is for a split round (shd.SplitLowered.compile):
-  1 compiles its two programs one after the other, 2 at once, 0 chooses from host memory."""
+  """Lowers and compiles one program; `threads` is for a split round
+  (split_compile.SplitLowered.compile): 1 compiles its two programs one after the other, 2 at
+  once, 0 chooses from host memory."""
   t0 = time.time()
-  lowered = fn.lower(*args)
+  lowered = split_compile.lower(fn, *args)
   # No persistent-cache entries: libtpu's compile-only client cannot read them back ("PjRtCompiler
   # must be constructed with a Client"), so they are waste, and a later compile of the same program
   # in this process warns on them. (The launcher turns the cache off in compile mode; this covers
@@ -315,7 +181,7 @@ def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None
   keep = getattr(jax.config, key)
   jax.config.update(key, float("inf"))
   try:
-    if isinstance(lowered, shd.SplitLowered):
+    if isinstance(lowered, split_compile.SplitLowered):
       compiled = lowered.compile(
           compiler_options=options or None, threads=threads,
           on_done=lambda part, s: print(f"[compile] {name}: {part} program compiled in {s:.1f} s",
@@ -344,27 +210,6 @@ def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None
                   parts_s=tuple(getattr(compiled, "seconds", ())),
                   threads=int(getattr(compiled, "threads", 1)),
                   hlo_instructions=hlo_instructions(text))
-
-
-def estimate(c: Compiled, chip: dict, chips: int) -> dict:
-  """Roofline step time per chip (the largest of FLOPs ÷ peak, HBM bytes ÷ bandwidth and
-  collective bytes ÷ inter-chip bandwidth: perfect overlap assumed) and images per second per
-  chip. Estimates: XLA counts a loop body once, and links, latency and overlap are not modelled."""
-  times = {"compute": c.flops / (chip["bf16_tflops"] * 1e12),
-           "memory": c.bytes_accessed / (chip["hbm_gbps"] * 1e9),
-           "interconnect": c.collective / (chip["ici_gbit"] / 8 * 1e9)}
-  bound = max(times, key=times.get)
-  t = times[bound]
-  return {"roofline_s": t, "bound": bound, "interconnect_s": times["interconnect"],
-          "images_per_s_per_chip": (c.images / chips / t) if t > 0 else None}
-
-
-def _xla_oom(message: str) -> Optional[tuple[float, float]]:
-  """(GiB required, GiB available) from XLA's out-of-memory compile error, or None."""
-  m = re.search(r"\(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)", message)
-  if m is None:
-    return None if "Ran out of memory" not in message else (float("nan"), float("nan"))
-  return float(m.group(1)), float(m.group(2))
 
 
 def _gib(b: float) -> float:
