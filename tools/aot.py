@@ -361,8 +361,8 @@ def _fingerprint(config) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-# aot.search_quick's XLA option: less scheduling and fusion effort. Measured on the full-size E→H
-# round (docs/tpu.md, "What cuts it"): 910 s -> 224 s to compile, per-chip memory 14.71 -> 14.28 GiB.
+# aot.search_quick's XLA option: less scheduling and fusion effort, a much faster compile and a
+# slightly understated per-chip memory (measured: docs/tpu.md, "What cuts it").
 QUICK_XLA = {"exec_time_optimization_effort": -1}
 
 
