@@ -25,7 +25,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

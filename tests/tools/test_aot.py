@@ -21,7 +21,7 @@ except ImportError:
 
 needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason='libtpu is not installed: pip install '
                                   '-e ".[tpu]" (compile mode needs its compile-only client)')
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # In-process compiles (the tests share a persistent cache) must not write TPU entries that the
 # compile-only client cannot read back: reading one warns, and here that is an error.
 pytestmark = pytest.mark.filterwarnings("error:Error reading persistent compilation cache entry")
@@ -446,3 +446,20 @@ def test_compile_time_bench_compares_variants_and_passes_xla_options(tmp_path):
   for r in v.values():
     assert r["gib_per_chip"] > 0 and r["tflop_per_chip"] > 0 and r["compile_s"] > 0
   assert (tmp_path / "ct.md").read_text().count("\n| ") == 2  # one row per variant
+
+
+def test_the_old_import_path_names_the_new_one():
+  """ibmd_jax.aot moved to tools.aot (issue 33): importing the old path says where it went."""
+  with pytest.raises(ImportError, match=r"ibmd_jax\.aot moved to tools\.aot"):
+    import ibmd_jax.aot  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
+
+
+def test_compile_mode_without_the_launchers_driver_names_it(tmp_path):
+  """run.run has no compile driver of its own (the package does not import tools/): called in
+  compile mode without one it is a one-line ConfigError naming the launcher and tools.aot.run,
+  before any compile."""
+  from ibmd_jax import run
+  from ibmd_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match=r"launch\.main .*--config\.mode=compile.*tools\.aot\.run"):
+    run.run(_config("v5e:2x2"), str(tmp_path))
+  assert not (tmp_path / "aot.json").exists()
