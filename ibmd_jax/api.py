@@ -35,7 +35,7 @@ from ibmd_jax.bridges import Bridge
 from ibmd_jax.denoiser import NetDenoiser, Predictor
 from ibmd_jax.ibmd import IBMD
 from ibmd_jax.optim import make_optimizer
-from ibmd_jax.train import Loop, run_loop, safety_options
+from ibmd_jax.train import Loop, run_loop
 from ibmd_jax.writer import MetricWriter
 
 
@@ -75,19 +75,9 @@ class DistillOptions:
 
   @classmethod
   def from_config(cls, config) -> "DistillOptions":
-    dc, cc = config.distill, config.checkpoint
-    return cls(rounds=int(dc.rounds), batch_size=int(dc.batch_size),
-               critic_steps=int(dc.critic_steps), microbatches=int(dc.get("microbatches", 1)),
-               split_round=bool(dc.get("split_round", False)),
-               z_channels=int(dc.z_channels),
-               z_init_scale=float(dc.z_init_scale), n_steps=int(dc.n_steps),
-               multistep=str(dc.multistep), intermediate=str(dc.intermediate),
-               ema=float(dc.ema), teacher_dtype=str(dc.get("teacher_dtype", "float32")),
-               eta=float(config.sampler.eta),
-               gen_optimizer=dict(dc.gen_optimizer), critic_optimizer=dict(dc.critic_optimizer),
-               seed=int(config.seed), log_every=int(config.log_every), checkpoint_every=int(cc.every),
-               keep=int(cc.keep), best_metric=str(cc.best_metric), best_mode=str(cc.best_mode),
-               **safety_options(config))
+    """From a ConfigDict's distill / checkpoint / guard sections (ibmd_jax.options reads them)."""
+    from ibmd_jax import options  # pylint: disable=g-import-not-at-top
+    return options.distill_options(config)
 
 
 def frozen_teacher(params: Any, dtype: str) -> Any:
