@@ -5,7 +5,7 @@ options; every module below the launcher layer (`ibmd_jax.run`) takes these or p
     mode, seed, log_every, stop_after_s, lock_stale_s   the run's own settings
     task        TaskOptions: data, model, bridge (plain dicts), conditional, seed, sampler η, eval
     teacher     TeacherOptions: source, checkpoint, steps, batch size, optimiser, EMA, ...
-    distill     api.DistillOptions (IBMD's settings, `distill.teacher`: 'network' | 'exact')
+    distill     DistillOptions: IBMD's settings (api.DistillOptions, what api.distill takes)
     mesh        MeshOptions: data x fsdp
     safety      SafetyOptions: checkpoint.start_over / min_free_mb, guard.*
     checkpoint  CheckpointOptions: every, keep, best metric
@@ -22,7 +22,6 @@ import dataclasses
 import types
 from typing import Any, Mapping
 
-from ibmd_jax import api
 from ibmd_jax.checkpointing import flat_config
 
 
@@ -30,6 +29,46 @@ def _plain(section) -> Mapping[str, Any]:
   """A config section as a read-only plain dict (nested sections as dicts too)."""
   d = section.to_dict() if hasattr(section, "to_dict") else dict(section)
   return types.MappingProxyType(d)
+
+
+def _adam(lr: float) -> dict:
+  return dict(name="adam", lr=lr, b1=0.9, b2=0.999)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillOptions:
+  """IBMD's settings (the `distill` section of a config holds the same names)."""
+
+  rounds: int = 1000  # generator updates
+  batch_size: int = 256  # global
+  critic_steps: int = 5  # L critic updates per generator update (paper: 5)
+  microbatches: int = 1  # gradient accumulation: each step's batch in this many slices
+  split_round: bool = False  # the round as two programs compiled at once (sharding.jit_round)
+  z_channels: int = -1  # generator noise channels; -1 = as many as the data has, 0 = none
+  z_init_scale: float = 0.0  # std of the noise weights at the start (paper: 0)
+  n_steps: int = 1
+  multistep: str = "full_chain"  # or 'dmd2'
+  intermediate: str = "marginal"
+  ema: float = 0.99
+  teacher_dtype: str = "float32"  # the frozen teacher's copy in the generator loss (or bfloat16)
+  eta: float = 1.0  # the multi-step generator's DBIM η between calls
+  gen_optimizer: dict = dataclasses.field(default_factory=lambda: _adam(1e-4))
+  critic_optimizer: dict = dataclasses.field(default_factory=lambda: _adam(1e-4))
+  seed: int = 0
+  log_every: int = 100
+  checkpoint_every: int = 500
+  keep: int = 3
+  best_metric: str = ""
+  best_mode: str = "min"
+  start_over: bool = False  # checkpoints that do not fit or restore: move aside, start at 0
+  divergence_factor: float = 1000.0  # stop when a loss / grad norm exceeds this × its median
+  divergence_window: int = 50
+  min_free_mb: float = 16.0  # a save that would leave less free disk space stops the run first
+
+  @classmethod
+  def from_config(cls, config) -> "DistillOptions":
+    """From a ConfigDict's distill, checkpoint, guard, sampler sections (`distill_options`)."""
+    return distill_options(config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +105,7 @@ class MeshOptions:
 
 @dataclasses.dataclass(frozen=True)
 class SafetyOptions:
-  """The training loop's checkpoint-safety settings (train.Loop, api.DistillOptions)."""
+  """The training loop's checkpoint-safety settings (train.Loop, DistillOptions)."""
 
   start_over: bool
   min_free_mb: float
@@ -100,7 +139,7 @@ class RunOptions:
   lock_stale_s: float
   task: TaskOptions
   teacher: TeacherOptions
-  distill: api.DistillOptions
+  distill: DistillOptions
   distill_teacher: str  # distill.teacher: the trained 'network' or the toy's 'exact' closed form
   mesh: MeshOptions
   safety: SafetyOptions
@@ -123,9 +162,9 @@ def safety_options(config) -> SafetyOptions:
                        divergence_window=int(config.guard.window))
 
 
-def distill_options(config) -> api.DistillOptions:
+def distill_options(config) -> DistillOptions:
   dc, cc = config.distill, config.checkpoint
-  return api.DistillOptions(
+  return DistillOptions(
       rounds=int(dc.rounds), batch_size=int(dc.batch_size),
       critic_steps=int(dc.critic_steps), microbatches=int(dc.get("microbatches", 1)),
       split_round=bool(dc.get("split_round", False)), z_channels=int(dc.z_channels),
