@@ -9,7 +9,7 @@ VENV="${IBMD_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]"
-# libtpu's compile-only client (the 'tpu' extra) for the compile-mode tests (tests/test_aot.py:
+# libtpu's compile-only client (the 'tpu' extra) for the compile-mode tests (tests/tools/test_aot.py:
 # the real XLA TPU compiler on this CPU); without it those tests skip, saying so.
 "$VENV/bin/python" -c "import libtpu" 2>/dev/null \
   || "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[tpu]" \

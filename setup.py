@@ -5,7 +5,7 @@ setuptools.setup(
     name="ibmd_jax",
     version="0.1.0",
     description="Diffusion bridge models and IBMD distillation in JAX/Flax",
-    packages=setuptools.find_packages(include=["ibmd_jax", "ibmd_jax.*", "configs", "launch"]),
+    packages=setuptools.find_packages(include=["ibmd_jax", "ibmd_jax.*", "configs", "launch", "tools"]),
     python_requires=">=3.11",
     # Ranges, not pins: CPU machines run jax 0.10 on CPython 3.11, the GPU hosts jax 0.11 on 3.12.
     install_requires=[
@@ -25,7 +25,7 @@ setuptools.setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        # libtpu's compile-only client for compile mode (--config.mode=compile, ibmd_jax/aot.py):
+        # libtpu's compile-only client for compile mode (--config.mode=compile, tools/aot.py):
         # the TPU build matching the installed jax (its 'tpu' extra pins libtpu).
         "tpu": ["jax[tpu]"],
         # gs:// workdirs (ibmd_jax.paths: etils.epath's fsspec backend reads and writes GCS through

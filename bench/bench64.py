@@ -16,7 +16,7 @@ run the same command again to continue (on the GPU tool: one call per 10 minutes
                                    the control that the checks must fail on
 
 Every evaluation saves its outputs (eval/outputs.npz); the report computes all metrics from them
-with paired bootstrap intervals (ibmd_jax/eval/bootstrap.py). <root>/stages.json records every
+with paired bootstrap intervals (tools/bootstrap.py). <root>/stages.json records every
 call and each finished stage with its wall time. --variant picks the size: full (64x64, GPU),
 cpu32 (32x32, the 2-core CPU benchmark of docs/results.md) or tiny (16x16, seconds, for tests);
 --set key=value passes overrides to every stage (e.g. --set teacher.steps=400; a stage's own
@@ -151,7 +151,8 @@ def report(args) -> int:
   from bench import bench_report  # JAX only here, never in the stage runner
   rec = _load(os.path.join(args.root, "stages.json"), {"done": {}, "calls": []})
   return bench_report.write(args.root, args.tasks, args.report, args.grids_dir, rec,
-                            command=" ".join(sys.argv), reps=args.reps)
+                            command=" ".join(sys.argv), reps=args.reps, stages=STAGES,
+                            titles=TITLES)
 
 
 def main(argv=None) -> int:

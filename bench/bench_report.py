@@ -4,7 +4,7 @@ acceptance checks, and the grids (called by ``bench/bench64.py --report``).
 Inputs: the evaluations' saved outputs, <root>/<task>/{1step,2step,untrained}/eval/outputs.npz
 (eval1: the degraded input, the reference, the teacher at every NFE and sampler, the 1-step
 student; eval2: the 2-step student; eval0: the never-updated generator). All metrics are
-recomputed here from those images by ``ibmd_jax.eval.bootstrap`` (FD / KID on the weight-free
+recomputed here from those images by ``tools.bootstrap`` (FD / KID on the weight-free
 ``band_features``, SWD on pyramid patches), so the evaluations' own numbers are not used.
 
 The checks (issue 20), each decided by the 95 % interval of a paired difference lying entirely on
@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 
 from ibmd_jax import report as report_lib
-from ibmd_jax.eval import bootstrap
+from tools import bootstrap
 
 SR_TASKS = ("sr4", "sr4_vp")
 COLS = (("psnr", "PSNR ↑", ".2f"), ("ssim", "SSIM ↑", ".3f"), ("swd", "SWD ↓", ".4f"),
@@ -197,8 +197,11 @@ def _write_between_markers(path: str, text: str) -> None:
 
 
 def write(root: str, tasks, path: str, grids_dir: str, rec: dict, command: str,
-          reps: int = 200) -> int:
-  from bench.bench64 import STAGES, TITLES  # pylint: disable=g-import-not-at-top
+          reps: int = 200, *, stages=(), titles=None) -> int:
+  """The report of the tasks' finished stages (`stages`, in order; `titles`: {task: heading}),
+  given by bench64, which runs them (this module does not import it: bench64's stage runner must
+  not import JAX, and this one does)."""
+  titles = titles or {}
   out_dir = os.path.dirname(os.path.abspath(path))
   grids = grids_dir or os.path.join(out_dir, "results")
   lines = [f"<!-- written by: {command} -->"]
@@ -210,8 +213,8 @@ def write(root: str, tasks, path: str, grids_dir: str, rec: dict, command: str,
       missing.append(f"{task} ({e})")
       continue
     b, rows = analyse(sets, reps)
-    secs = {s: rec["done"].get(f"{task}/{s}", {}).get("s") for s in STAGES}
-    lines += ["", f"### `{task}`: {TITLES.get(task, task)}", "",
+    secs = {s: rec["done"].get(f"{task}/{s}", {}).get("s") for s in stages}
+    lines += ["", f"### `{task}`: {titles.get(task, task)}", "",
               f"{len(sets['reference']['images'])} held-out {meta.get('split')} crops of "
               f"{meta.get('image_size')}², {meta.get('devices')} × "
               f"{meta.get('device_kind', 'device')} (JAX {meta.get('jax', '?')}); value [95 % "

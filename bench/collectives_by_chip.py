@@ -17,7 +17,7 @@ import json
 import os
 import re
 
-from ibmd_jax import aot
+from tools import aot, split_compile
 
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
@@ -54,7 +54,7 @@ def main():
     c.distill.batch_size = a.batch_size
     mesh = shd.mesh_from_config(c, devices)
     fn, args, _ = aot.build_programs(c, tasks_lib.make_task(c), mesh, ("round",))["round"]
-    out[topo] = breakdown(fn.lower(*args).compile().as_text() or "")
+    out[topo] = breakdown(split_compile.lower(fn, *args).compile().as_text() or "")
     print(topo, json.dumps(out[topo]), flush=True)
     if a.out:
       with open(a.out, "w") as f:

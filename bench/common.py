@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import unets
 from ibmd_jax import compile_cache
 from ibmd_jax.bridges import Bridge
 from ibmd_jax.denoiser import NetDenoiser
@@ -23,12 +24,14 @@ from ibmd_jax.models.unet import PRESETS, REMAT_POLICIES, UNet
 # Image, bridge and conditioning of each benchmark setup. 'tiny' is a CPU-sized UNet with the
 # DDBM layout (xT concatenated, VP bridge, EDM preconditioning) so that CPU tests cover the
 # conditional path; full presets use their family's bridge.
-TINY_UNET = dict(model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(2,),
-                 channel_mult=(1, 2), dropout=0.0, num_classes=None, num_heads=2,
-                 num_head_channels=32, num_heads_upsample=-1, use_scale_shift_norm=True,
-                 resblock_updown=True, attention_layout="qkv_first", image_size=16)
-# 'micro': one resolution level, for tests that must compile a whole round in seconds.
-MICRO_UNET = dict(TINY_UNET, channel_mult=(1,), attention_resolutions=(1,), image_size=8)
+# 'tiny' is the image configs' CPU network (configs/unets.py), here at 16x16.
+TINY_UNET = dict(unets.TINY, out_channels=3, num_classes=None, num_heads_upsample=-1,
+                 use_scale_shift_norm=True, resblock_updown=True, attention_layout="qkv_first",
+                 image_size=16)
+# 'micro': one resolution level, for tests that must compile a whole round in seconds (one head
+# of 32 channels).
+MICRO_UNET = dict(TINY_UNET, channel_mult=(1,), attention_resolutions=(1,), num_head_channels=32,
+                  image_size=8)
 # 'mid': micro's layout (same compile cost) at ADM widths, so that convolutions dominate the
 # FLOPs as in the full presets: used to check the analytic round count against XLA's.
 MID_UNET = dict(MICRO_UNET, model_channels=128, num_head_channels=64, image_size=16)

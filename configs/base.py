@@ -12,6 +12,7 @@ import dataclasses
 import ml_collections
 from ml_collections import config_dict
 
+from configs import aot
 from ibmd_jax.bridges import Bridge
 from ibmd_jax.models.mlp import MLP
 
@@ -79,7 +80,7 @@ def data_config() -> ml_collections.ConfigDict:
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # teacher | distill | eval | pipeline (teacher -> distill -> eval) | compile (ibmd_jax/aot.py:
+  # teacher | distill | eval | pipeline (teacher -> distill -> eval) | compile (tools/aot.py:
   # the programs compiled for a TPU slice on this host, per-chip memory and FLOPs)
   c.mode = "pipeline"
   c.seed = 0
@@ -157,7 +158,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.grid_rows = 8  # examples shown in the image grids
   c.eval.grid_nfes = (1, 100)  # teacher-mode sample grid
   # eval/outputs.npz: every set's outputs (uint8) and per-image PSNR / SSIM, for bootstrap
-  # intervals and paired comparisons across runs (ibmd_jax/eval/bootstrap.py, bench/bench64.py)
+  # intervals and paired comparisons across runs (tools/bootstrap.py, bench/bench64.py)
   c.eval.save_outputs = False
   # evaluate the generator as distillation starts it (the teacher's weights, zero noise weights)
   # instead of a trained one: the control of the benchmark's checks
@@ -181,28 +182,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   # jax.profiler trace of distillation rounds (start, start + steps]; start = 0 is off.
   c.profile = ml_collections.ConfigDict(dict(start=0, steps=5))
-  # Compile mode: the TPU slice (libtpu's topology names: v5e:4x4, v5p:4x4x4, v6e:4x4, v4:2x2x2)
-  # and which programs to compile (teacher_step, round, teacher_sampler, student)
-  # aot.search=True compiles aot.search_program for every mesh (data x fsdp), remat policy and
-  # per-chip batch and prints the fitting choice with the best estimated images/s as overrides;
-  # compiled candidates are kept in <workdir>/aot_search.json (a rerun skips them) and
-  # search_budget_s (0 = none) stops it between compiles.
-  c.aot = ml_collections.ConfigDict(dict(topology="v5e:2x2",
-                                         programs=("teacher_step", "round", "teacher_sampler",
-                                                   "student"),
-                                         search=False, search_program="round",
-                                         search_batches=(1, 2, 4, 8, 16, 32),
-                                         search_remat=("none", "full"), search_fsdp=(),
-                                         search_budget_s=0.0,
-                                         # compile the candidates at XLA's
-                                         # exec_time_optimization_effort=-1 (~4x faster, memory
-                                         # ~3 % low), then the best fitting at the default
-                                         search_quick=False,
-                                         # dump each compile (<workdir>/xla_dump) and report
-                                         # where its time went (XLA passes, backend)
-                                         pass_times=False,
-                                         # a split round's two programs (distill.split_round):
-                                         # 2 compile at once, 1 one after the other (half the
-                                         # host memory), 0 = 2 where the host has >= 64 GiB free
-                                         compile_threads=0))
+  # Compile mode (tools/aot.py): its settings live in configs/aot.py.
+  c.aot = aot.aot_config()
   return c

@@ -16,7 +16,7 @@ The teacher (a 64-channel ADM UNet, levels at 64/32/16, attention at 16 and 8) t
 workdir first; a teacher already there is reused, so the 1- and 2-step runs can share one by
 pointing --config.teacher.checkpoint=<first workdir>/teacher.
 """
-from configs import images
+from configs import images, unets
 
 TASKS = {
     "sr4": dict(family="i2sb", degradation="sr4_bicubic"),
@@ -26,15 +26,9 @@ TASKS = {
     "sr4_vp": dict(family="ddbm", degradation="sr4_bicubic"),
 }
 
-UNET = dict(model_channels=64, out_channels=3, num_res_blocks=2, channel_mult=(1, 2, 2),
-            attention_resolutions=(4, 8),  # downsampling factors: resolutions 16 and 8 at 64
-            num_heads=4, num_head_channels=32, num_heads_upsample=-1, dropout=0.0,
-            num_classes=None, use_scale_shift_norm=True, resblock_updown=True)
-
-
-# The CPU benchmark's network at 32x32 (docs/results.md): levels 32/16/8, attention at 8.
-CPU32_UNET = dict(model_channels=32, num_res_blocks=1, channel_mult=(1, 1, 2),
-                  attention_resolutions=(4,), num_heads=2, num_head_channels=-1, dropout=0.0)
+# The networks (configs/unets.py): the 64x64 teacher and the CPU benchmark's at 32x32.
+UNET = unets.BENCH64
+CPU32_UNET = unets.CPU32
 
 
 def get_config(arg: str = "sr4"):
@@ -97,15 +91,11 @@ def _cpu32(c, n_steps: int, inpaint: bool) -> None:
   c.eval.grid_nfes = (1, 100)
 
 
-# The one-call H200 variant ('gpu9', bench/run_gpu.sh bench64): three setups' stages in 9 minutes.
-# Sized with bench/flops.py (tests/test_bench64.py re-derives it): a 64² forward of UNET is 13.5
-# GFLOP per image; a teacher step at batch 64 is 2.6 TFLOP, an IBMD round at batch 64 23.2 TFLOP
-# (1 step) / 30.0 (2 steps), the evaluation 512 images x 117 NFE = 0.81 PFLOP per teacher sampler.
-# At an assumed 20 % of the H200's 989 dense bf16 TFLOP/s, a setup's stages compute for about
-# 50 s (gpu9_seconds); with an assumed 20 s of start-up and compilation for each of its six stage
-# processes, a setup takes ~170 s and the three ~510 s, the call's budget. Both assumptions are
-# unmeasured (no GPU was lent while this was written): if they are off, the call ends with exit
-# 75 after saving, and the same command again continues.
+# The one-call H200 variant ('gpu9', bench/run_gpu.sh bench64): three setups' stages in 9 minutes,
+# sized with bench/flops.py's FLOP model at an assumed utilisation and per-stage overhead (util,
+# overhead_s; tests/tools/test_bench64.py re-derives the budget). The FLOP counts and the
+# reasoning: docs/results.md, the gpu9 paragraph. If the assumptions are off, the call ends with
+# exit 75 after saving, and the same command again continues.
 GPU9 = dict(teacher_steps=1500, rounds=100, batch=64, util=0.20, peak_tflops=989.0,
             overhead_s=20.0, stages=6)
 

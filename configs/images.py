@@ -24,7 +24,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from configs import base
+from configs import base, unets
 from ibmd_jax.models.unet import PRESETS
 
 # The teacher code bases: bridge, xT conditioning, multistep variant (digest §3.3) and optimiser.
@@ -81,10 +81,8 @@ SETUPS = {
                                       class_conditional=True)),
 }
 
-# The CPU variant's network: every block kind (res-blocks with up/down-sampling, attention, skip
-# connections) at 16x16 and 8x8; 32 channels because GroupNorm uses 32 groups.
-TINY_UNET = dict(model_channels=32, num_res_blocks=1, channel_mult=(1, 2), attention_resolutions=(2,),
-                 num_heads=2, num_head_channels=-1, dropout=0.0)
+# The CPU variant's network (configs/unets.py).
+TINY_UNET = unets.TINY
 
 
 def parse_arg(arg: str) -> tuple[bool, int | None]:

@@ -21,11 +21,10 @@ def get_config():
   c.bridge.kind = "vp"
   c.bridge.precond = "edm"
   c.bridge.weighting = "uniform"
-  # The demo's budget is 5 minutes on 2 CPU cores (issue "one loop, one evaluator"): width 128,
-  # a 2000-step teacher and 600 rounds at batch 1024 take 127 s here and end at 1.2x the teacher's
-  # ED at 100 NFE. What that trades (docs/toy_results.md, "The 5-minute demo"): the earlier default
-  # (width 256, 3000 teacher steps, 1600 rounds; 10m48s) had a better teacher (0.0055 at 100 NFE
-  # vs 0.0138) and student (0.0069 vs 0.0165). time_scale stays None: 1/250 from the VP bridge.
+  # The demo's budget is 5 minutes on 2 CPU cores: width 128, a 2000-step teacher and 600 rounds
+  # at batch 1024. Its wall time and quality, and what it trades against the earlier, longer
+  # default: docs/toy_results.md, "The 5-minute demo". time_scale stays None: 1/250 from the VP
+  # bridge.
   c.model.width = 128
   c.model.depth = 3
 
@@ -70,8 +69,8 @@ def get_config():
   c.eval.teachers = ("network", "exact")  # the trained net and the closed form
   c.eval.student_steps = (1,)
   # Held-out xT values. The student's ED differs from condition to condition (its mode weights do):
-  # one model scored over independent held-out sets spreads by a std of 0.0036 with 64 conditions
-  # (docs/toy_results.md), so compare settings over seeds, not on one run.
+  # one model scored over independent held-out sets spreads (docs/toy_results.md gives the spread
+  # at 64 conditions), so compare settings over seeds, not on one run.
   c.eval.num_conditions = 64
   c.eval.samples_per_condition = 400
   c.checkpoint.every = 500

@@ -35,59 +35,9 @@ from ibmd_jax.bridges import Bridge
 from ibmd_jax.denoiser import NetDenoiser, Predictor
 from ibmd_jax.ibmd import IBMD
 from ibmd_jax.optim import make_optimizer
-from ibmd_jax.train import Loop, run_loop, safety_options
+from ibmd_jax.options import DistillOptions  # (api.DistillOptions: IBMD's settings)
+from ibmd_jax.train import Loop, run_loop
 from ibmd_jax.writer import MetricWriter
-
-
-def _adam(lr: float) -> dict:
-  return dict(name="adam", lr=lr, b1=0.9, b2=0.999)
-
-
-@dataclasses.dataclass
-class DistillOptions:
-  """IBMD's settings (the `distill` section of a config holds the same names)."""
-
-  rounds: int = 1000  # generator updates
-  batch_size: int = 256  # global
-  critic_steps: int = 5  # L critic updates per generator update (paper: 5)
-  microbatches: int = 1  # gradient accumulation: each step's batch in this many slices
-  split_round: bool = False  # the round as two programs compiled at once (sharding.jit_round)
-  z_channels: int = -1  # generator noise channels; -1 = as many as the data has, 0 = none
-  z_init_scale: float = 0.0  # std of the noise weights at the start (paper: 0)
-  n_steps: int = 1
-  multistep: str = "full_chain"  # or 'dmd2'
-  intermediate: str = "marginal"
-  ema: float = 0.99
-  teacher_dtype: str = "float32"  # the frozen teacher's copy in the generator loss (or bfloat16)
-  eta: float = 1.0  # the multi-step generator's DBIM η between calls
-  gen_optimizer: dict = dataclasses.field(default_factory=lambda: _adam(1e-4))
-  critic_optimizer: dict = dataclasses.field(default_factory=lambda: _adam(1e-4))
-  seed: int = 0
-  log_every: int = 100
-  checkpoint_every: int = 500
-  keep: int = 3
-  best_metric: str = ""
-  best_mode: str = "min"
-  start_over: bool = False  # checkpoints that do not fit or restore: move aside, start at 0
-  divergence_factor: float = 1000.0  # stop when a loss / grad norm exceeds this × its median
-  divergence_window: int = 50
-  min_free_mb: float = 16.0  # a save that would leave less free disk space stops the run first
-
-  @classmethod
-  def from_config(cls, config) -> "DistillOptions":
-    dc, cc = config.distill, config.checkpoint
-    return cls(rounds=int(dc.rounds), batch_size=int(dc.batch_size),
-               critic_steps=int(dc.critic_steps), microbatches=int(dc.get("microbatches", 1)),
-               split_round=bool(dc.get("split_round", False)),
-               z_channels=int(dc.z_channels),
-               z_init_scale=float(dc.z_init_scale), n_steps=int(dc.n_steps),
-               multistep=str(dc.multistep), intermediate=str(dc.intermediate),
-               ema=float(dc.ema), teacher_dtype=str(dc.get("teacher_dtype", "float32")),
-               eta=float(config.sampler.eta),
-               gen_optimizer=dict(dc.gen_optimizer), critic_optimizer=dict(dc.critic_optimizer),
-               seed=int(config.seed), log_every=int(config.log_every), checkpoint_every=int(cc.every),
-               keep=int(cc.keep), best_metric=str(cc.best_metric), best_mode=str(cc.best_mode),
-               **safety_options(config))
 
 
 def frozen_teacher(params: Any, dtype: str) -> Any:
@@ -148,7 +98,7 @@ def plan_state(ib: IBMD, net: NetDenoiser, init_params: Any, example: dict, opts
 def round_program(ib: IBMD, net: NetDenoiser, init_params: Any, teacher_params: Any,
                   example: dict, opts: DistillOptions, mesh) -> tuple[Any, Any, Any]:
   """(the jitted fused round with its shardings and donation, the planned IBMDState, the
-  teacher's shardings): what distillation runs, and what compile mode (ibmd_jax.aot) compiles.
+  teacher's shardings): what distillation runs, and what compile mode (tools.aot) compiles.
   init_params / teacher_params may be ShapeDtypeStructs."""
   planned, gen_tx, critic_tx = plan_state(ib, net, init_params, example, opts, mesh)
   shd.check_batch(mesh, opts.batch_size // opts.microbatches, "distill.batch_size / microbatches")

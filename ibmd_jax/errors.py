@@ -3,14 +3,31 @@
 Exit codes of `python -m launch.main`: 0 done; 1 a RunError (the message says what to fix); 2 a
 bad config value or key; 75 stop_after_s reached and 143 SIGTERM (state saved: run the same
 command again). Any other exception is a bug and keeps its traceback.
+
+`exit_with(e)` is how a launcher ends on a RunError: the one `error:` line, then the exit code.
 """
 import errno
+import os
+import sys
+import time
 
 
 class RunError(Exception):
   """Something about the run's inputs or workdir that the user has to fix; nothing was lost."""
 
   exit_code = 1
+
+  def exit(self):
+    """Ends the process with exit_code (after the error line is written)."""
+    sys.exit(self.exit_code)
+
+
+def exit_with(e: RunError, stream=None):
+  """Writes `error: <e>` (one line) to stderr and ends the process with e's exit code."""
+  stream = stream or sys.stderr
+  stream.write(f"error: {' '.join(str(e).split())}\n")
+  stream.flush()
+  e.exit()
 
 
 class ConfigError(RunError, ValueError):
@@ -42,7 +59,7 @@ DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 class DiskFullError(RunError, OSError):
   """A save did not fit on its disk; the previous checkpoint is intact. `cleanup()` removes what
-  the failed save's last background writes may still have left (the launcher calls it on exit)."""
+  the failed save's last background writes may still have left (`exit()` calls it)."""
 
   cleanup = staticmethod(lambda: None)
 
@@ -52,9 +69,28 @@ class DiskFullError(RunError, OSError):
     e.cleanup = cleanup
     return e
 
+  def exit(self):
+    """Skips the interpreter's teardown, where the failed save's writer threads would print a
+    traceback each on their closed event loops (the error line already written is the last
+    line); removes what their last writes left, then exits with exit_code."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    time.sleep(1.0)
+    self.cleanup()
+    os._exit(self.exit_code)  # pylint: disable=protected-access
+
 
 class WorkdirLocked(RunError):
   """Another live run holds the workdir."""
+
+
+class MissingPath(RunError, FileNotFoundError):
+  """A path the run reads (a teacher, data, weights file, checkpoint) does not exist."""
+
+
+class UnreadableCheckpoint(RunError, ValueError):
+  """A checkpoint (e.g. a teacher's parameters) exists but does not read."""
 
 
 class TeacherMismatch(RunError, ValueError):

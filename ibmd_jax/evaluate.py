@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from ibmd_jax import api, report
+from ibmd_jax import options as options_lib
 from ibmd_jax import sharding as shd
 from ibmd_jax import state as state_lib
 from ibmd_jax.ibmd import IBMD
@@ -28,8 +29,9 @@ from ibmd_jax.writer import MetricWriter
 MODEL_INPUTS = ("xT", "mask", "label")
 
 
-def teacher_etas(config) -> tuple:
-  etas = tuple(float(e) for e in config.eval.teacher_etas) or (float(config.sampler.eta),)
+def teacher_etas(ec, sampler_eta: float) -> tuple:
+  """eval.teacher_etas (ec: the eval settings), or (sampler.eta,) when empty."""
+  etas = tuple(float(e) for e in ec["teacher_etas"]) or (float(sampler_eta),)
   if any(not 0.0 <= e <= 1.0 for e in etas):
     raise ValueError(f"eval.teacher_etas must lie in [0, 1], got {etas}")
   return etas
@@ -43,9 +45,9 @@ def sampler_label(task: Task, eta: float) -> str:
   return f"DBIM η={eta:g}"
 
 
-def distilled_teacher(config, task: Task):
-  """x̂0* of the distillation: the task's network, or its closed form (distill.teacher='exact')."""
-  which = config.distill.teacher
+def distilled_teacher(which: str, task: Task):
+  """x̂0* of the distillation: the task's network, or its closed form (which = distill.teacher:
+  'network' or 'exact')."""
   if which not in ("exact", "network"):
     raise ValueError(f"distill.teacher must be 'exact' or 'network', got {which!r}")
   if which == "network":
@@ -56,38 +58,41 @@ def distilled_teacher(config, task: Task):
   return task.exact
 
 
-def make_ibmd(config, task: Task) -> IBMD:
+def make_ibmd(opts: options_lib.RunOptions, task: Task) -> IBMD:
   """The run's IBMD: the task's network as critic and generator, distilled_teacher as x̂0*
-  (api.make_ibmd, as api.distill builds it)."""
-  return api.make_ibmd(distilled_teacher(config, task), task.net, task.bridge,
-                       api.DistillOptions.from_config(config), task.data_channels)
+  (api.make_ibmd, as api.distill builds it). (A ConfigDict, from tools and tests, is read into
+  options.)"""
+  opts = options_lib.from_config(opts)
+  return api.make_ibmd(distilled_teacher(opts.distill_teacher, task), task.net, task.bridge,
+                       opts.distill, task.data_channels)
 
 
-def _samplers(config, task: Task, teacher_params, gen_params, mesh, key) -> list:
+def _samplers(opts: options_lib.RunOptions, task: Task, teacher_params, gen_params, mesh,
+              key) -> list:
   """[(group, label, count, jitted fn(params, batch, key), params, key)]."""
-  ec = config.eval
+  opts = options_lib.from_config(opts)
+  ec, eta0 = opts.task.eval, opts.task.sampler_eta
   rep, bsh = shd.replicated(mesh), shd.batch_sharding(mesh)
   out = []
 
   def put(tree):
     if state_lib.is_abstract(tree):
-      return tree  # compile mode (ibmd_jax.aot): shapes only
+      return tree  # compile mode (tools.aot): shapes only
     return jax.device_put(tree, shd.state_shardings(mesh, tree))
 
-  teachers = [str(t) for t in ec.teachers]
+  teachers = [str(t) for t in ec["teachers"]]
   if "exact" in teachers and task.exact is not None:
-    groups = [("exact_teacher", "exact teacher (closed form)", task.exact, float(config.sampler.eta),
-               200_000)]
+    groups = [("exact_teacher", "exact teacher (closed form)", task.exact, eta0, 200_000)]
   else:
     groups = []
   if "network" in teachers:
-    for i, eta in enumerate(teacher_etas(config)):
+    for i, eta in enumerate(teacher_etas(ec, eta0)):
       name = "teacher" if i == 0 else f"teacher_eta{eta:g}"
       groups.append((name, f"teacher ({sampler_label(task, eta)})", task.net, eta, 100_000 * i))
   t_params = put(teacher_params) if teacher_params is not None else None
   t_sh = shd.state_shardings(mesh, t_params)
   for name, label, predict, eta, offset in groups:
-    for nfe in (int(n) for n in ec.teacher_nfes):
+    for nfe in (int(n) for n in ec["teacher_nfes"]):
       def t_fn(params, batch, k, nfe=nfe, predict=predict, eta=eta):
         return sample(predict, params, task.bridge, batch["xT"], k, nfe, eta=eta,
                       label=batch.get("label"), mask=batch.get("mask"))
@@ -95,10 +100,10 @@ def _samplers(config, task: Task, teacher_params, gen_params, mesh, key) -> list
                                             out_shardings=bsh),
                   t_params, jax.random.fold_in(key, offset + nfe)))
   if gen_params is not None:
-    ib = make_ibmd(config, task)
+    ib = make_ibmd(opts, task)
     g_params = put(gen_params)
     g_sh = shd.state_shardings(mesh, g_params)
-    for steps in (int(s) for s in ec.student_steps):
+    for steps in (int(s) for s in ec["student_steps"]):
       def g_fn(params, batch, k, steps=steps):
         return ib.generate(params, batch["xT"], k, label=batch.get("label"),
                            mask=batch.get("mask"), n_steps=steps)
@@ -109,35 +114,39 @@ def _samplers(config, task: Task, teacher_params, gen_params, mesh, key) -> list
   return out
 
 
-def check(config, task: Task) -> None:
+def check(opts: options_lib.RunOptions, task: Task) -> None:
   """Evaluation settings checked before any training (eval and pipeline modes)."""
-  ec = config.eval
-  if not ec.teacher_nfes or min(int(n) for n in ec.teacher_nfes) < 1:
+  ec = options_lib.from_config(opts).task.eval
+  if not ec["teacher_nfes"] or min(int(n) for n in ec["teacher_nfes"]) < 1:
     raise ValueError(f"eval.teacher_nfes must be a non-empty list of NFEs >= 1, got "
-                     f"{ec.teacher_nfes}")
-  if ec.student_steps and min(int(n) for n in ec.student_steps) < 1:
-    raise ValueError(f"eval.student_steps must be steps >= 1, got {ec.student_steps}")
-  for t in ec.teachers:
+                     f"{ec['teacher_nfes']}")
+  if ec["student_steps"] and min(int(n) for n in ec["student_steps"]) < 1:
+    raise ValueError(f"eval.student_steps must be steps >= 1, got {ec['student_steps']}")
+  for t in ec["teachers"]:
     if t not in ("network", "exact"):
       raise ValueError(f"eval.teachers entries must be 'network' or 'exact', got {t!r}")
-  teacher_etas(config)
-  task.check_eval(config)
+  teacher_etas(ec, 1.0)
+  task.check_eval(ec)
 
 
-def evaluate(config, workdir: str, task: Task, teacher_params: Any, gen_params: Any = None,
-             writer: Optional[MetricWriter] = None, mesh=None, step: Optional[int] = None) -> dict:
+def evaluate(opts: options_lib.RunOptions, workdir: str, task: Task, teacher_params: Any,
+             gen_params: Any = None, writer: Optional[MetricWriter] = None, mesh=None,
+             step: Optional[int] = None) -> dict:
   """Samples every sampler on the eval set, scores, writes <workdir>/eval/ and returns the results.
 
-  gen_params None evaluates the teacher alone. mesh: default the run's (config.mesh). The numbers
-  also go to `writer` (mode 'eval', at `step`, default distill.rounds).
+  gen_params None evaluates the teacher alone. mesh: default the run's (opts.mesh). The numbers also go to
+  `writer` (mode 'eval', at `step`, default distill.rounds). (A ConfigDict, from tools and tests,
+  is read into options.)
   """
-  check(config, task)
-  mesh = shd.mesh_from_config(config) if mesh is None else mesh
-  evdata = task.eval_data(config, int(config.eval.batch_size))
+  opts = options_lib.from_config(opts)
+  check(opts, task)
+  mesh = shd.make_mesh(opts.mesh.data, opts.mesh.fsdp) if mesh is None else mesh
+  ec = opts.task.eval
+  evdata = task.eval_data(ec, int(ec["batch_size"]))
   shd.check_batch(mesh, evdata.batch_size, "eval.batch_size")
-  scorer = task.scorer(config, evdata, workdir, mesh)
-  samplers = _samplers(config, task, teacher_params, gen_params, mesh,
-                       jax.random.key(int(config.seed) + 3))
+  scorer = task.scorer(ec, evdata, workdir, mesh)
+  samplers = _samplers(opts, task, teacher_params, gen_params, mesh,
+                       jax.random.key(opts.seed + 3))
   seconds: dict[str, list] = {}
   t_start = time.time()
   for j, batch in evdata.batches():
@@ -175,7 +184,7 @@ def evaluate(config, workdir: str, task: Task, teacher_params: Any, gen_params: 
                                   "s_per_sample": float(np.median(seconds[name]))}
   results.setdefault("student", {})
   if writer is not None:
-    writer.write("eval", int(config.distill.rounds) if step is None else step,
+    writer.write("eval", opts.distill.rounds if step is None else step,
                  flat_metrics(results), echo=False)
   if jax.process_index() == 0:
     out_dir = os.path.join(workdir, "eval")

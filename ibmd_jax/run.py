@@ -9,6 +9,10 @@
   eval/                  metrics.json, report.md, quality_vs_nfe.png (and image grids)
 Resume is automatic (the training loop's, `ibmd_jax.train`); a finished teacher in
 <workdir>/teacher is reused.
+
+This is the layer that reads the config: `run` turns it into typed options (`ibmd_jax.options`)
+once, and everything below takes those. (The functions here also take a ConfigDict, for tools and
+tests that start from one.)
 """
 from __future__ import annotations
 
@@ -21,13 +25,16 @@ from absl import logging
 from ibmd_jax import api, checks
 from ibmd_jax import checkpointing as ckpt
 from ibmd_jax import evaluate as evaluate_lib
+from ibmd_jax import options as options_lib
 from ibmd_jax import programs
 from ibmd_jax import sharding as shd
 from ibmd_jax import steps
-from ibmd_jax.errors import ConfigError, TeacherMismatch
+from ibmd_jax import teacher_io
+from ibmd_jax.errors import ConfigError, MissingPath, TeacherMismatch
 from ibmd_jax.models import resolve_model_config
+from ibmd_jax.options import RunOptions
 from ibmd_jax.tasks import Task, make_task
-from ibmd_jax.train import Loop, make_deadline, run_loop, safety_options
+from ibmd_jax.train import Loop, make_deadline, run_loop
 from ibmd_jax.writer import MetricWriter
 
 MODES = checks.MODES
@@ -40,40 +47,44 @@ def save_config(config, workdir: str):
       f.write(config.to_json_best_effort(indent=2))
 
 
-def teacher_meta(config, task: Task) -> dict:
-  return {"model": resolve_model_config(config.model, task.bridge), "bridge": dict(config.bridge),
-          "conditional": bool(config.conditional), "data": dict(config.data),
-          "trained_steps": int(config.teacher.steps), "source": "ibmd_jax teacher mode"}
+def teacher_meta(opts: RunOptions, task: Task) -> dict:
+  t = opts.task
+  return {"model": resolve_model_config(t.model, task.bridge), "bridge": dict(t.bridge),
+          "conditional": t.conditional, "data": dict(t.data),
+          "trained_steps": opts.teacher.steps, "source": "ibmd_jax teacher mode"}
 
 
-def train_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, deadline=None):
+def train_teacher(opts: RunOptions, workdir: str, task: Task, writer: MetricWriter, mesh,
+                  deadline=None):
   """Bridge matching on the task's pairs; saves and returns the EMA parameters."""
-  tc = config.teacher
-  key = jax.random.key(int(config.seed))
-  bs = int(tc.batch_size)
-  step_fn, planned = programs.teacher_program(config, task, mesh)
+  opts = options_lib.from_config(opts)
+  tc = opts.teacher
+  key = jax.random.key(opts.seed)
+  step_fn, planned = programs.teacher_program(opts, task, mesh)
   loop = Loop(name="teacher", step_fn=step_fn, state=planned,
-              data=task.train_data("teacher", bs), total=int(tc.steps),
-              total_name="teacher.steps", fingerprint=ckpt.flat_config(config),
-              **safety_options(config),
+              data=task.train_data("teacher", tc.batch_size), total=tc.steps,
+              total_name="teacher.steps", fingerprint=opts.fingerprint,
+              **opts.safety.as_kwargs(),
               directory=os.path.join(workdir, "teacher_checkpoints"), mesh=mesh,
               key=jax.random.fold_in(key, 1), batch_size=1, rate_name="steps_per_s",
-              save_every=int(tc.save_every), keep=int(config.checkpoint.keep),
-              log_every=int(config.log_every), deadline=deadline)
+              save_every=tc.save_every, keep=opts.checkpoint.keep,
+              log_every=opts.log_every, deadline=deadline)
   state = run_loop(loop, writer)
-  ckpt.save_teacher(os.path.join(workdir, "teacher"), state.ema, teacher_meta(config, task))
+  teacher_io.save_teacher(os.path.join(workdir, "teacher"), state.ema, teacher_meta(opts, task))
   return state.ema
 
 
-def get_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, train: bool,
-                deadline=None):
+def get_teacher(opts: RunOptions, workdir: str, task: Task, writer: MetricWriter, mesh,
+                train: bool, deadline=None):
   """The teacher's network parameters (sharded): teacher.checkpoint, <workdir>/teacher, or
   training one. A saved teacher must fit the config (network, bridge, data setup) and have been
   trained; in the training modes, one trained for fewer than teacher.steps is trained on."""
-  path = config.teacher.checkpoint or os.path.join(workdir, "teacher")
-  if config.teacher.source == "checkpoint" or os.path.exists(os.path.join(path, ckpt.TEACHER_META)):
-    meta = ckpt.read_teacher_meta(path)
-    why = ckpt.teacher_mismatch(meta, config)
+  opts = options_lib.from_config(opts)
+  tc = opts.teacher
+  path = tc.checkpoint or os.path.join(workdir, "teacher")
+  if tc.source == "checkpoint" or os.path.exists(os.path.join(path, teacher_io.TEACHER_META)):
+    meta = teacher_io.read_teacher_meta(path)
+    why = teacher_io.teacher_mismatch(meta, opts.task)
     if why:
       raise TeacherMismatch(f"the teacher in {path} does not fit this config: {why}. Use a "
                             "teacher trained for this setup or make the config agree")
@@ -81,8 +92,8 @@ def get_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, tr
     if trained is not None and int(trained) < 1:
       raise TeacherMismatch(f"the teacher in {path} was trained for {trained} steps: train it "
                             "(--config.mode=teacher with teacher.steps >= 1)")
-    steps_wanted = int(config.teacher.steps)
-    if (train and config.teacher.source == "train" and not config.teacher.checkpoint
+    steps_wanted = tc.steps
+    if (train and tc.source == "train" and not tc.checkpoint
         and trained is not None and int(trained) != steps_wanted):
       if int(trained) > steps_wanted:
         raise ConfigError(f"the teacher in {path} was trained for {trained} steps but "
@@ -90,48 +101,56 @@ def get_teacher(config, workdir: str, task: Task, writer: MetricWriter, mesh, tr
                           "to use it (or more to train it on), or use another workdir")
       print(f"[teacher] {path} was trained for {trained} steps; teacher.steps={steps_wanted}: "
             "training on", flush=True)
-      return train_teacher(config, workdir, task, writer, mesh, deadline)
-    params, _ = ckpt.load_teacher(path, programs.teacher_abstract(task, mesh))
+      return train_teacher(opts, workdir, task, writer, mesh, deadline)
+    params, _ = teacher_io.load_teacher(path, programs.teacher_abstract(task, mesh))
     logging.info("loaded teacher from %s", path)
     return params
   if not train:
-    raise FileNotFoundError(f"no teacher in {path}: run --config.mode=teacher (or pipeline) first")
-  return train_teacher(config, workdir, task, writer, mesh, deadline)
+    raise MissingPath(f"no teacher in {path}: run --config.mode=teacher (or pipeline) first, or "
+                      "convert one with `python -m launch.convert` and pass "
+                      "--config.teacher.checkpoint")
+  return train_teacher(opts, workdir, task, writer, mesh, deadline)
 
 
-def distill(config, workdir: str, task: Task, teacher_params, writer: Optional[MetricWriter],
-            mesh, deadline=None, eval_fn=None, eval_every: int = 0) -> steps.IBMDState:
-  """IBMD from the config (ibmd_jax.api.distill with the task's data and networks); eval_fn(step,
-  state) every eval_every rounds (api.distill)."""
-  opts = api.DistillOptions.from_config(config)
-  teacher = evaluate_lib.distilled_teacher(config, task)
-  data = task.train_data("distill", opts.batch_size, opts.critic_steps + 1)
+def distill(opts: RunOptions, workdir: str, task: Task, teacher_params,
+            writer: Optional[MetricWriter], mesh, deadline=None, eval_fn=None,
+            eval_every: int = 0) -> steps.IBMDState:
+  """IBMD from the options (ibmd_jax.api.distill with the task's data and networks);
+  eval_fn(step, state) every eval_every rounds (api.distill)."""
+  opts = options_lib.from_config(opts)
+  teacher = evaluate_lib.distilled_teacher(opts.distill_teacher, task)
+  data = task.train_data("distill", opts.distill.batch_size, opts.distill.critic_steps + 1)
   return api.distill(teacher=teacher, teacher_params=teacher_params, net=task.net,
                      init_params=teacher_params, bridge=task.bridge, batches=data,
-                     workdir=workdir, example=task.example(), options=opts, mesh=mesh,
+                     workdir=workdir, example=task.example(), options=opts.distill, mesh=mesh,
                      writer=writer, deadline=deadline, eval_fn=eval_fn, eval_every=eval_every,
-                     profile_start=int(config.profile.start),
-                     profile_steps=int(config.profile.steps), fingerprint=ckpt.flat_config(config))
+                     profile_start=opts.profile.start, profile_steps=opts.profile.steps,
+                     fingerprint=opts.fingerprint)
 
 
-def _plan_distill_state(config, task: Task, teacher_params, mesh):
-  return api.plan_state(evaluate_lib.make_ibmd(config, task), task.net, teacher_params,
-                        task.example(), api.DistillOptions.from_config(config), mesh)
+def _plan_distill_state(opts: RunOptions, task: Task, teacher_params, mesh):
+  return api.plan_state(evaluate_lib.make_ibmd(opts, task), task.net, teacher_params,
+                        task.example(), opts.distill, mesh)
 
 
-def init_distill_state(config, task: Task, teacher_params, mesh=None):
+def make_mesh(opts: RunOptions):
+  return shd.make_mesh(opts.mesh.data, opts.mesh.fsdp)
+
+
+def init_distill_state(opts: RunOptions, task: Task, teacher_params, mesh=None):
   """(IBMDState, gen_tx, critic_tx) as distillation starts: generator and critic are the teacher,
   the generator's noise weights zero (or N(0, distill.z_init_scale²)); built in its shardings."""
-  mesh = shd.mesh_from_config(config) if mesh is None else mesh
-  planned, gen_tx, critic_tx = _plan_distill_state(config, task, teacher_params, mesh)
+  opts = options_lib.from_config(opts)
+  mesh = make_mesh(opts) if mesh is None else mesh
+  planned, gen_tx, critic_tx = _plan_distill_state(opts, task, teacher_params, mesh)
   return planned.build(), gen_tx, critic_tx
 
 
-def saved_generator(config, workdir: str, task: Task, teacher_params, mesh):
+def saved_generator(opts: RunOptions, workdir: str, task: Task, teacher_params, mesh):
   """The EMA generator of the newest distillation checkpoint in the workdir, or None."""
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return None
-  planned, _, _ = _plan_distill_state(config, task, teacher_params, mesh)
+  planned, _, _ = _plan_distill_state(opts, task, teacher_params, mesh)
   manager = ckpt.RunCheckpointer(os.path.join(workdir, "checkpoints"))
   try:
     _, restored, _ = manager.restore_latest(planned.abstract)
@@ -140,39 +159,45 @@ def saved_generator(config, workdir: str, task: Task, teacher_params, mesh):
   return None if restored is None else restored.gen_ema
 
 
-def run(config, workdir: str) -> dict:
-  """Runs config.mode in workdir; returns {'teacher', 'state', 'eval', 'grid'} as they apply."""
-  deadline = make_deadline(config.stop_after_s)
+def run(config, workdir: str, compile_fn=None) -> dict:
+  """Runs config.mode in workdir; returns {'teacher', 'state', 'eval', 'grid'} as they apply.
+  Compile mode runs `compile_fn(config, workdir, task)` (the launcher passes tools.aot.run: the
+  compile tooling lives outside the package)."""
   checks.check_config(config)
+  opts = options_lib.from_config(config)  # the one place the config is read
+  deadline = make_deadline(opts.stop_after_s)
   workdir = checks.check_workdir(workdir)
-  lock = checks.WorkdirLock(workdir, float(config.lock_stale_s))
+  lock = checks.WorkdirLock(workdir, opts.lock_stale_s)
   checks.acquire_on_process_0(lock)  # one run per workdir; the processes of one run share it
   writer = None
   try:
     save_config(config, workdir)
     writer = MetricWriter(workdir)
-    task = make_task(config)
-    if config.mode == "compile":  # no devices of its own: the slice's, from libtpu
-      from ibmd_jax import aot  # pylint: disable=g-import-not-at-top
-      return {"aot": aot.run(config, workdir, task)}
-    mesh = shd.mesh_from_config(config)
-    if config.mode in ("eval", "pipeline"):  # bad eval settings fail now, not after training
-      evaluate_lib.check(config, task)
+    task = make_task(opts.task)
+    mode = opts.mode
+    if mode == "compile":  # no devices of its own: the slice's, from libtpu
+      if compile_fn is None:
+        raise ConfigError("mode='compile' runs from the launcher (python -m launch.main ... "
+                          "--config.mode=compile) or tools.aot.run(config, workdir)")
+      return {"aot": compile_fn(config, workdir, task)}
+    mesh = make_mesh(opts)
+    if mode in ("eval", "pipeline"):  # bad eval settings fail now, not after training
+      evaluate_lib.check(opts, task)
     out: dict[str, Any] = {}
-    teacher = get_teacher(config, workdir, task, writer, mesh,
-                          train=config.mode in ("teacher", "pipeline"), deadline=deadline)
+    teacher = get_teacher(opts, workdir, task, writer, mesh,
+                          train=mode in ("teacher", "pipeline"), deadline=deadline)
     out["teacher"] = teacher
-    if config.mode == "teacher":
-      out["grid"] = task.preview(config, workdir, teacher)
-    if config.mode in ("distill", "pipeline"):
-      out["state"] = distill(config, workdir, task, teacher, writer, mesh, deadline)
-    if config.mode in ("eval", "pipeline"):
-      if config.eval.get("untrained_student", False):
-        gen = init_distill_state(config, task, teacher, mesh)[0].gen_ema
+    if mode == "teacher":
+      out["grid"] = task.preview(opts.task.eval, workdir, teacher)
+    if mode in ("distill", "pipeline"):
+      out["state"] = distill(opts, workdir, task, teacher, writer, mesh, deadline)
+    if mode in ("eval", "pipeline"):
+      if opts.task.eval.get("untrained_student", False):
+        gen = init_distill_state(opts, task, teacher, mesh)[0].gen_ema
       else:
         gen = (out["state"].gen_ema if "state" in out
-               else saved_generator(config, workdir, task, teacher, mesh))
-      out["eval"] = evaluate_lib.evaluate(config, workdir, task, teacher, gen, writer, mesh)
+               else saved_generator(opts, workdir, task, teacher, mesh))
+      out["eval"] = evaluate_lib.evaluate(opts, workdir, task, teacher, gen, writer, mesh)
     return out
   finally:
     if writer is not None:

@@ -104,8 +104,8 @@ def jit_round(round_step, mesh: Mesh, state_shardings, teacher_shardings, split:
   """jit of the IBMD round with explicit in/out shardings and the state donated. split=True: the
   round as two programs, its critic steps and its generator step (`round_step.phases`, see
   steps.make_ibmd_steps), called one after the other: same numbers, one more dispatch per round,
-  and the two compile at once in two threads (`SplitRound.lower(...).compile()`), so the wall
-  time of the compile is about the larger program's instead of the sum."""
+  and compile mode compiles the two at once in two threads (tools/split_compile.py), so the
+  wall time of the compile is about the larger program's instead of the sum."""
   rep = replicated(mesh)
   batch_sh = batch_sharding(mesh, 1)
   if not split:
@@ -129,100 +129,3 @@ class SplitRound:
   def __call__(self, state, teacher, batches, key):
     state, critic_metrics = self.critic(state, batches, key)
     return self.generator(state, teacher, batches, key, critic_metrics)
-
-  def lower(self, state, teacher, batches, key) -> "SplitLowered":
-    lowered = self.critic.lower(state, batches, key)
-    metrics = lowered.out_info[1]
-    return SplitLowered(lowered, self.generator.lower(state, teacher, batches, key, metrics))
-
-
-class SplitLowered:
-  """A split round's two lowered programs (critic steps; generator step), compiled together."""
-
-  def __init__(self, critic, generator):
-    self.parts = (critic, generator)
-
-  def as_text(self) -> str:
-    return "\n".join(p.as_text() for p in self.parts)
-
-  def compile(self, compiler_options=None, threads: int = 0,
-              on_done=None) -> "SplitCompiled":
-    """Both programs compiled: at once, one thread each (XLA's compile releases the GIL), or one
-    after the other with threads=1, which halves the host memory the compile needs (a 256² round
-    needs ~24 GiB per program). threads=0: two where the host has 64 GiB or more available.
-    `on_done(name, seconds)` is called as each program ('critic', 'generator') is compiled: a
-    full-size program takes tens of minutes. (A compile cut short keeps the finished program only
-    where the persistent cache can be read back: on a real device, not in compile mode.)"""
-    from concurrent.futures import ThreadPoolExecutor  # pylint: disable=g-import-not-at-top
-    import time  # pylint: disable=g-import-not-at-top
-    threads = min(int(threads), 2) or (2 if host_available_bytes() >= 64 * 2**30 else 1)
-
-    def one(named):
-      name, p = named
-      t0 = time.time()
-      c = p.compile(compiler_options=compiler_options)
-      dt = time.time() - t0
-      if on_done is not None:
-        on_done(name, dt)
-      return c, dt
-
-    with ThreadPoolExecutor(threads) as pool:
-      done = list(pool.map(one, zip(("critic", "generator"), self.parts)))
-    return SplitCompiled(*[c for c, _ in done], seconds=[dt for _, dt in done], threads=threads)
-
-
-def host_available_bytes() -> int:
-  """MemAvailable of this host (Linux), or 0 where it cannot be read."""
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return 0
-
-
-def chip_bytes(mem) -> int:
-  """A compiled program's bytes on one chip from its memory_analysis(), code aside: arguments +
-  outputs not aliased to them + temporaries."""
-  return (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-          + mem.temp_size_in_bytes)
-
-
-class SplitCompiled:
-  """What compile mode reads off a compiled round made of two programs: the memory of the larger
-  one (they run one after the other, the state donated from one to the next), the sum of their
-  costs and collectives."""
-
-  def __init__(self, critic, generator, seconds=(), threads: int = 2):
-    self.parts = (critic, generator)
-    self.seconds = tuple(float(x) for x in seconds)  # each program's compile time
-    self.threads = threads
-
-  def memory_analysis(self):
-    """The larger program's argument / output / alias / temporary bytes, and both programs' code
-    (both executables stay loaded)."""
-    import types  # pylint: disable=g-import-not-at-top
-    mems = [p.memory_analysis() for p in self.parts]
-    big = max(mems, key=chip_bytes)
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-              "temp_size_in_bytes")
-    return types.SimpleNamespace(
-        **{f: getattr(big, f) for f in fields},
-        generated_code_size_in_bytes=sum(int(getattr(m, "generated_code_size_in_bytes", 0) or 0)
-                                         for m in mems))
-
-  def cost_analysis(self) -> dict:
-    out = {}
-    for p in self.parts:
-      cost = p.cost_analysis() or {}
-      if isinstance(cost, list):
-        cost = cost[0] if cost else {}
-      for k, v in cost.items():
-        if isinstance(v, (int, float)):
-          out[k] = out.get(k, 0.0) + v
-    return out
-
-  def as_text(self) -> str:
-    return "\n".join(p.as_text() or "" for p in self.parts)

@@ -331,14 +331,6 @@ def _stop_code(stop: StopSignal, loop: Loop, manager: RunCheckpointer, step: int
   return None
 
 
-def safety_options(config) -> dict:
-  """The Loop's (and DistillOptions') checkpoint-safety settings from a config."""
-  return dict(start_over=bool(config.checkpoint.start_over),
-              min_free_mb=float(config.checkpoint.min_free_mb),
-              divergence_factor=float(config.guard.divergence_factor),
-              divergence_window=int(config.guard.window))
-
-
 def make_deadline(stop_after_s: float) -> Optional[float]:
   """time.time() + stop_after_s, or None for 0 (counted from here, compiles included)."""
   return time.time() + float(stop_after_s) if float(stop_after_s or 0) > 0 else None

@@ -4,7 +4,7 @@ r"""Converts an official PyTorch teacher (I2SB, DDBM, DBIM) into an Orbax teache
       --workdir=/tmp/e2h
   python -m launch.convert --src=small.npz --family=i2sb --adm_kwargs=small.json --workdir=/tmp/s
 
-Writes <workdir>/teacher/ (params + teacher.json, read by ibmd_jax.checkpointing.load_teacher) and
+Writes <workdir>/teacher/ (params + teacher.json, read by ibmd_jax.teacher_io.load_teacher) and
 <workdir>/teacher/conversion.json: which torch key became which Flax param, with both shapes.
 A .npz source holds 'param/<torch key>' arrays (as the test fixtures) or plain torch keys.
 """
@@ -49,7 +49,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from absl import logging
 
-  from ibmd_jax import checkpointing as checkpoint
+  from ibmd_jax import teacher_io as checkpoint
   from ibmd_jax import convert
   from ibmd_jax.models.unet import PRESETS
 

@@ -4,13 +4,16 @@ r"""ibmd_jax launcher.
       [--config.distill.critic_steps=1 ...]
 
 Every option of the config can be overridden with --config.<key>=<value>; an unknown key or a
-value of the wrong type stops the run before any work, naming the key.
+value of the wrong type stops the run before any work, naming the key (exit 2).
+
+--config=<file>[:<arg>] is loaded once (`load_config`), before absl parses the flags: the
+overrides are checked against its keys, then parsed by absl against it as a ConfigDict flag
+(ml_collections' DEFINE_config_dict), with the types of its values.
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
-                                          lock_config=True)
+_CONFIG = None  # the config's flag holder, defined by parse_flags once the file is loaded
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (config, metrics, checkpoints).")
 _CACHE = flags.DEFINE_string(
     "compilation_cache", "workdir",
@@ -18,7 +21,7 @@ _CACHE = flags.DEFINE_string(
     "compiling again: 'workdir' (<workdir>/jax_cache), 'user' ($IBMD_JAX_CACHE or "
     "~/.cache/ibmd_jax/jax_cache), a directory, or 'off'. Off in compile mode (libtpu's "
     "compile-only client cannot load cached TPU programs).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
@@ -51,73 +54,99 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   logging.warning("JAX %s, process %d/%d, devices: %s, compilation cache: %s", jax.__version__,
                   jax.process_index(), jax.process_count(), jax.devices(), cache_dir or "off")
-  run.run(_CONFIG.value, _WORKDIR.value)
+  compile_fn = None
+  if _CONFIG.value.get("mode") == "compile":  # the compile tooling, outside the package
+    from tools import aot
+    compile_fn = aot.run
+  run.run(_CONFIG.value, _WORKDIR.value, compile_fn=compile_fn)
 
 
-def _unknown_override(argv) -> str:
-  """The first --config.<key> override whose key the config file does not have ('' if none)."""
-  import difflib
+def load_config(spec: str):
+  """get_config([arg]) of a config file, spec = '<file>[:<arg>]' (as ml_collections' flag)."""
   import importlib.util
+  import os
 
-  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
-  if not path:
-    return ""
+  from ibmd_jax.errors import ConfigError
+
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"--config={path}: no such config file (configs/ holds them)")
+  module_spec = importlib.util.spec_from_file_location("_ibmd_jax_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def unknown_key(config, key: str):
+  """None when `key` (a.b.c) is a key of config, else why not, with the closest key."""
+  import difflib
+
+  node, done = config, []
+  for part in key.split("."):
+    keys = list(node.keys()) if hasattr(node, "keys") else []
+    if part not in keys:
+      where = ".".join(done) or "the config"
+      close = difflib.get_close_matches(part, keys, n=1)
+      hint = f" (did you mean --config.{'.'.join(done + close)}?)" if close else ""
+      return f"--config.{key} is not a key of this config: {where} has no {part!r}{hint}"
+    node, done = node[part], done + [part]
+  return None
+
+
+def _split_config_flag(argv):
+  """(the --config value or '', argv without it)."""
+  spec, rest, skip = "", [argv[0]], False
+  for i, a in enumerate(argv[1:], 1):
+    if skip:
+      skip = False
+    elif a in ("--config", "-config") and i + 1 < len(argv):
+      spec, skip = argv[i + 1], True
+    elif a.startswith(("--config=", "-config=")):
+      spec = a.split("=", 1)[1]
+    else:
+      rest.append(a)
+  return spec, rest
+
+
+def parse_flags(argv):
+  """Loads --config once, checks every --config.<key> override against it, then parses the flags
+  (absl, with the overrides' types from the config). A bad key or value: one `error:` line, 2."""
+  global _CONFIG
+  from ibmd_jax.errors import ConfigError, exit_with
+
+  spec, rest = _split_config_flag(argv)
+  if any(a in ("--help", "-h", "--helpfull", "--helpshort") for a in rest) and not spec:
+    return flags.FLAGS(rest)
+  if not spec:
+    exit_with(ConfigError("--config=<file> is required (configs/ holds them)"))
   try:
-    spec = importlib.util.spec_from_file_location("_ibmd_config", path.split(":")[0])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(*path.split(":")[1:2])
-  except Exception:  # noqa: BLE001 - the flag parser reports a config that does not load
-    return ""
-  for arg in argv:
-    if not arg.startswith("--config."):
-      continue
-    node, key = config, arg[len("--config."):].split("=")[0]
-    for part in key.split("."):
-      if not hasattr(node, "keys") or part not in node.keys():
-        close = difflib.get_close_matches(part, list(node.keys()) if hasattr(node, "keys") else [])
-        return key + (f" (did you mean {key.rsplit(part, 1)[0]}{close[0]}?)" if close else "")
-      node = node[part]
-  return ""
+    config = load_config(spec)
+  except ConfigError as e:
+    exit_with(e)
+  for a in rest[1:]:
+    name = a.lstrip("-").split("=", 1)[0]
+    if name.startswith(("config.", "noconfig.")):
+      why = unknown_key(config, name.split(".", 1)[1])
+      if why:
+        exit_with(ConfigError(f"{why}; configs/base.py lists every key"))
+  _CONFIG = config_flags.DEFINE_config_dict("config", config, "The config (--config=<file>).",
+                                            lock_config=True, sys_argv=rest)
+  try:
+    return flags.FLAGS(rest)
+  except flags.Error as e:  # a value of the wrong type, a missing --workdir
+    exit_with(ConfigError(f"{e} (python -m launch.main --helpfull lists the flags)"))
 
 
 def run_cli():
-  """app.run, with one line instead of a traceback for an unknown config key or a RunError (a
-  config value, workdir, checkpoint or teacher to fix; ibmd_jax.errors lists the exit codes)."""
-  import sys
+  """app.run, with one `error:` line (and ibmd_jax.errors' exit code) instead of a traceback for
+  what the user has to fix: a bad config key or value (2), a RunError (a workdir, teacher, data
+  path or checkpoint to fix; its exit code)."""
+  from ibmd_jax.errors import RunError, exit_with
 
-  import os
-
-  from ibmd_jax.errors import DiskFullError, RunError
-
-  bad = _unknown_override(sys.argv[1:])
-  if bad:
-    sys.stderr.write(f"error: --config.{bad} is not a key of this config (configs/base.py "
-                     "lists every key)\n")
-    sys.exit(2)
   try:
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
   except RunError as e:
-    sys.stderr.write(f"error: {e}\n")
-    if isinstance(e, DiskFullError):
-      # Skip the interpreter's teardown, where the failed save's writer threads would print a
-      # traceback each on their closed event loops; remove what their last writes left.
-      import time
-
-      sys.stdout.flush()
-      sys.stderr.flush()
-      os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # the error line above is the last one
-      time.sleep(1.0)
-      e.cleanup()
-      os._exit(e.exit_code)
-    sys.exit(e.exit_code)
-  except AttributeError as e:
-    overrides = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.")]
-    bad = [o for o in overrides if o.split(".")[-1] in str(e)]
-    if not bad:
-      raise
-    sys.stderr.write(f"error: {bad[0]} is not a key of this config\n")
-    sys.exit(2)
+    exit_with(e)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import pytest
 
 from configs import toy_cond
 from ibmd_jax import checkpointing as ckpt
+from ibmd_jax import teacher_io
 from ibmd_jax import sharding as shd
 from ibmd_jax import run as runner
 
@@ -93,7 +94,7 @@ def test_distill_loads_a_teacher_written_by_teacher_mode(tmp_path):
   cfg.model.width = 32
   cfg.log_every = 10
   runner.run(cfg, str(tmp_path / "teacher_run"))
-  saved, _ = ckpt.load_teacher(str(tmp_path / "teacher_run" / "teacher"))
+  saved, _ = teacher_io.load_teacher(str(tmp_path / "teacher_run" / "teacher"))
 
   cfg.mode = "distill"
   cfg.distill.teacher = "network"

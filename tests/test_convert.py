@@ -176,7 +176,7 @@ def test_pt_round_trip_and_i2sb_container(tmp_path):
 
 
 def test_launcher_writes_a_loadable_teacher(tmp_path):
-  from ibmd_jax import checkpointing as checkpoint
+  from ibmd_jax import teacher_io as checkpoint
   from ibmd_jax.models import build_model
 
   name = "ddbm_adm_small"

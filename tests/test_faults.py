@@ -24,6 +24,8 @@ import pytest
 
 from configs import toy_cond
 from ibmd_jax import checkpointing as ckpt
+from ibmd_jax import teacher_io
+from ibmd_jax.options import task_options
 from ibmd_jax import checks
 from ibmd_jax import run as runner
 from ibmd_jax import train
@@ -370,21 +372,21 @@ def test_an_sr_teacher_is_refused_for_inpainting():
   sr = load_config("i2sb_sr4_bicubic")
   inpaint = load_config("i2sb_inpaint")
   meta = {"model": None, "bridge": dict(sr.bridge), "data": dict(sr.data), "trained_steps": 10}
-  why = ckpt.teacher_mismatch(meta, inpaint)
+  why = teacher_io.teacher_mismatch(meta, task_options(inpaint))
   assert why and "bridge.beta_max" in why and "bridge.ot_ode" in why, why
   meta["bridge"] = dict(inpaint.bridge)
-  why = ckpt.teacher_mismatch(meta, inpaint)
+  why = teacher_io.teacher_mismatch(meta, task_options(inpaint))
   assert why and "data.degradation" in why, why
   meta["data"] = dict(inpaint.data)
-  assert ckpt.teacher_mismatch(meta, inpaint) is None
+  assert teacher_io.teacher_mismatch(meta, task_options(inpaint)) is None
 
 
 def test_options_a_bridge_does_not_use_do_not_refuse_a_teacher(teacher_dir):
   cfg = _cfg()
-  meta = ckpt.read_teacher_meta(teacher_dir)
+  meta = teacher_io.read_teacher_meta(teacher_dir)
   cfg.bridge.sigma_max = 7.0  # a VE option under a VP bridge
   cfg.bridge.weighting = "uniform"  # the distillation's λ(t), not the teacher's function
-  assert ckpt.teacher_mismatch(meta, cfg) is None
+  assert teacher_io.teacher_mismatch(meta, task_options(cfg)) is None
 
 
 def test_an_untrained_teacher_is_refused_and_a_shorter_one_is_trained_on(
@@ -402,7 +404,7 @@ def test_an_untrained_teacher_is_refused_and_a_shorter_one_is_trained_on(
   out = capsys.readouterr().out
   assert "trained for 20 steps; teacher.steps=30: training on" in out
   assert "[teacher] resumed from step 20" in out
-  assert ckpt.read_teacher_meta(os.path.join(workdir, "teacher"))["trained_steps"] == 30
+  assert teacher_io.read_teacher_meta(os.path.join(workdir, "teacher"))["trained_steps"] == 30
   with pytest.raises(ConfigError, match="trained for 30 steps but --config.teacher.steps=20"):
     runner.run(_cfg("pipeline"), workdir)
 

@@ -18,7 +18,8 @@ from configs import images
 from ibmd_jax.bridges import Bridge
 from ibmd_jax.models import build_model
 from ibmd_jax import evaluate, steps, tasks
-from ibmd_jax import checkpointing as checkpoint
+from ibmd_jax import teacher_io
+from ibmd_jax.options import task_options
 from ibmd_jax import run as runner
 from ibmd_jax import sharding as shd
 
@@ -55,7 +56,7 @@ BRIDGES = {
     "ddbm": dict(kind="vp", vp_beta_min=0.1, vp_beta_d=2.0, sigma_data=0.5, precond="edm"),
     "dbim": dict(kind="i2sb", beta_max=1.0, ot_ode=False, precond="eps"),
 }
-from ibmd_jax.checkpointing import COMPUTE_ONLY_MODEL_KEYS as COMPUTE_ONLY  # noqa: E402  (do not change the weights)
+from ibmd_jax.teacher_io import COMPUTE_ONLY_MODEL_KEYS as COMPUTE_ONLY  # noqa: E402  (do not change the weights)
 
 
 def load_config(name: str, arg: str = ""):
@@ -207,17 +208,17 @@ def test_teacher_mismatch_names_what_differs():
   c = load_config("ddbm_e2h64", "tiny")
   meta = {"model": json.loads(json.dumps(dict(c.model)))}  # a JSON round trip: tuples -> lists
   meta["model"].update(dtype="bfloat16", remat=True)
-  assert checkpoint.teacher_mismatch(meta, c) is None
+  assert teacher_io.teacher_mismatch(meta, task_options(c)) is None
   meta["model"]["channel_mult"] = [1, 2, 2]
-  assert "model.channel_mult: teacher [1, 2, 2], config [1, 2]" in checkpoint.teacher_mismatch(meta, c)
+  assert "model.channel_mult: teacher [1, 2, 2], config [1, 2]" in teacher_io.teacher_mismatch(meta, task_options(c))
   converted = {"model": dict(c.model), "family": "ddbm", "c_noise": "ddbm_250logt", "in_channels": 6}
-  assert checkpoint.teacher_mismatch(converted, c) is None
-  why = checkpoint.teacher_mismatch(dict(converted, in_channels=3), c)
+  assert teacher_io.teacher_mismatch(converted, task_options(c)) is None
+  why = teacher_io.teacher_mismatch(dict(converted, in_channels=3), task_options(c))
   assert "takes 3 input channels, but the config feeds 6" in why
-  why = checkpoint.teacher_mismatch(dict(converted, c_noise="i2sb_noise_levels"), c)
+  why = teacher_io.teacher_mismatch(dict(converted, c_noise="i2sb_noise_levels"), task_options(c))
   assert "i2sb_noise_levels" in why and "'log250'" in why
   i2sb = load_config("i2sb_sr4_bicubic", "tiny")
-  why = checkpoint.teacher_mismatch(dict(converted, model=dict(i2sb.model)), i2sb)
+  why = teacher_io.teacher_mismatch(dict(converted, model=dict(i2sb.model)), task_options(i2sb))
   assert "takes 6 input channels, but the config feeds 3" in why
 
 
@@ -471,7 +472,7 @@ def test_converted_teacher_initialises_generator_and_samples(tmp_path, fixture):
   teacher = runner.get_teacher(c, str(tmp_path / "run"), problem, None, _one_device(), train=False)
   npz = np.load(_fixture_file(fixture + ".npz"))
   ref, _ = convert.convert({k[6:]: npz[k] for k in npz.files if k.startswith("param/")},
-                           checkpoint.load_teacher(teacher_dir)[1]["model"], family)
+                           teacher_io.load_teacher(teacher_dir)[1]["model"], family)
   jax.tree.map(np.testing.assert_array_equal, teacher, ref)
 
   state, _, _ = runner.init_distill_state(c, problem, teacher, _one_device())

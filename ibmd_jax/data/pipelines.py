@@ -69,6 +69,7 @@ import grain
 import numpy as np
 
 from ibmd_jax.data import degradations
+from ibmd_jax.errors import MissingPath
 
 KINDS = ("skimage", "folder", "ab_folder", "diode", "tfds", "arrays")
 SPLITS = ("train", "test")
@@ -143,7 +144,7 @@ def load_skimage_photo(name: str) -> np.ndarray:
   try:
     return _rgb(getattr(skimage.data, name)())
   except Exception as e:  # e.g. a future scikit-image moving the image to a pooch download
-    raise FileNotFoundError(f"skimage.data.{name}() could not be loaded offline ({e}); "
+    raise MissingPath(f"skimage.data.{name}() could not be loaded offline ({e}); "
                             "the skimage source needs the images bundled with scikit-image") from e
 
 
@@ -251,7 +252,7 @@ def _require_dir(path: Optional[str], kind: str, hint: str) -> str:
     raise ValueError(f"data.path is required for kind={kind!r}")
   path = os.path.expanduser(str(path))
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"data.path {path!r} (kind={kind!r}) does not exist or is not a "
+    raise MissingPath(f"data.path {path!r} (kind={kind!r}) does not exist or is not a "
                             f"directory. Expected layout: {hint}")
   return path
 
@@ -271,14 +272,14 @@ def _files_for_split(path: str, split: str, kind: str, hint: str) -> tuple[list[
     root = train_dir if split == "train" else test_dir
     files = _list_images(root)
   elif train_dir or test_dir:
-    raise FileNotFoundError(f"{path!r} has only one of train/ and test/ (or val/): {hint}")
+    raise MissingPath(f"{path!r} has only one of train/ and test/ (or val/): {hint}")
   else:
     root, every = path, _list_images(path)
     files = [f for i, f in enumerate(every) if (i % 10 == 0) == (split == "test")]
   if kind == "diode":
     files = [f for f in files if f.lower().endswith(".png")]
   if not files:
-    raise FileNotFoundError(f"no images (.png/.jpg/.jpeg) for split {split!r} under {root!r}. "
+    raise MissingPath(f"no images (.png/.jpg/.jpeg) for split {split!r} under {root!r}. "
                             f"Expected layout: {hint}")
   return files, root
 
@@ -298,7 +299,7 @@ def _folder_source(cfg: dict, split: str, kind: str):
   if kind == "diode":
     missing = [f for f in files if not os.path.isfile(_normal_path(f))]
     if missing:
-      raise FileNotFoundError(f"{len(missing)} DIODE images have no normal map, e.g. "
+      raise MissingPath(f"{len(missing)} DIODE images have no normal map, e.g. "
                               f"{_normal_path(missing[0])!r}. Expected layout: {hint}")
   labels = None
   if cfg.get("class_conditional"):
@@ -339,10 +340,10 @@ def _tfds_source(cfg: dict, split: str):
          "--manual_dir=DIR_WITH_ARCHIVES) and set data.tfds_data_dir=DIR. This pipeline never "
          "downloads.")
   if not builder.is_prepared():
-    raise FileNotFoundError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}. {how}")
+    raise MissingPath(f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}. {how}")
   fmt = str(getattr(builder.info.file_format, "value", builder.info.file_format))
   if fmt not in ("array_record", "parquet"):
-    raise FileNotFoundError(f"TFDS dataset {name!r} in {builder.data_dir!r} is stored as {fmt}, "
+    raise MissingPath(f"TFDS dataset {name!r} in {builder.data_dir!r} is stored as {fmt}, "
                             f"which has no random access. {how}")
   splits = list(builder.info.splits.keys())
   if split == "train":

@@ -77,14 +77,14 @@ class Task(Protocol):
     `batch_size`; group > 0 stacks that many batches on a leading axis (one IBMD round).
     role: 'teacher' (x0, xT pairs) or 'distill' (xT only)."""
 
-  def check_eval(self, config) -> None:
-    """Raises on bad evaluation settings, before any training."""
+  def check_eval(self, ev) -> None:
+    """Raises on bad evaluation settings (ev: config.eval as a dict), before any training."""
 
-  def eval_data(self, config, batch_size: int) -> EvalData:
+  def eval_data(self, ev, batch_size: int) -> EvalData:
     ...
 
-  def scorer(self, config, eval_data: EvalData, workdir: str, mesh) -> Scorer:
+  def scorer(self, ev, eval_data: EvalData, workdir: str, mesh) -> Scorer:
     ...
 
-  def preview(self, config, workdir: str, teacher_params) -> Optional[str]:
+  def preview(self, ev, workdir: str, teacher_params) -> Optional[str]:
     """After teacher training: a quick look at the teacher's samples (a file), or None."""

@@ -22,6 +22,7 @@ from ibmd_jax import report
 from ibmd_jax import sharding as shd
 from ibmd_jax.bridges import Bridge
 from ibmd_jax.denoiser import NetDenoiser
+from ibmd_jax.errors import MissingPath
 from ibmd_jax.eval import inception, metrics, resnet
 from ibmd_jax.models import build_model
 from ibmd_jax.samplers import make_sampler
@@ -56,21 +57,21 @@ class EvalOptions:
   save_outputs: bool
 
 
-def eval_options(config) -> EvalOptions:
-  """config.eval checked: bad values and missing weight files are errors naming them."""
-  ec = config.eval
-  metrics_ = tuple(dict.fromkeys(str(m) for m in ec.metrics))
+def eval_options(ec) -> EvalOptions:
+  """The eval settings (config.eval as a dict) checked: bad values and missing weight files are
+  errors naming them."""
+  metrics_ = tuple(dict.fromkeys(str(m) for m in ec["metrics"]))
   bad = [m for m in metrics_ if m not in METRICS]
   if bad:
     raise ValueError(f"eval.metrics has unknown {bad}; choose from {list(METRICS)}")
   if not metrics_:
     raise ValueError(f"eval.metrics is empty; choose from {list(METRICS)}")
   o = EvalOptions(
-      split=str(ec.split), metrics=metrics_, num_images=int(ec.num_images),
-      batch_size=int(ec.batch_size), grid_rows=int(ec.grid_rows),
-      inception_path=str(ec.inception_path or ""), resnet_path=str(ec.resnet_path or ""),
-      swd_images=int(ec.swd_images), kid_subset_size=int(ec.kid_subset_size),
-      is_splits=int(ec.is_splits), save_outputs=bool(ec.get("save_outputs", False)))
+      split=str(ec["split"]), metrics=metrics_, num_images=int(ec["num_images"]),
+      batch_size=int(ec["batch_size"]), grid_rows=int(ec["grid_rows"]),
+      inception_path=str(ec["inception_path"] or ""), resnet_path=str(ec["resnet_path"] or ""),
+      swd_images=int(ec["swd_images"]), kid_subset_size=int(ec["kid_subset_size"]),
+      is_splits=int(ec["is_splits"]), save_outputs=bool(ec.get("save_outputs", False)))
   if o.split not in ("test", "train"):
     raise ValueError(f"eval.split must be 'test' (held-out images) or 'train', got {o.split!r}")
   if o.batch_size < 1:
@@ -89,7 +90,7 @@ def eval_options(config) -> EvalOptions:
   for used, path, key, hint in ((need, o.inception_path, "inception_path", inception.MISSING_HINT),
                                 ("ca" in metrics_, o.resnet_path, "resnet_path", resnet.MISSING_HINT)):
     if used and not os.path.isfile(path):
-      raise FileNotFoundError(f"weights file not found: {path!r} (eval.{key}). {hint}")
+      raise MissingPath(f"weights file not found: {path!r} (eval.{key}). {hint}")
   return o
 
 
@@ -106,7 +107,7 @@ class EvalSet:
 
   def __init__(self, task: "ImageTask", split: str, num_images: int, batch_size: int, seed: int):
     self.task = task
-    self.cfg = dict(task.config.data)
+    self.cfg = dict(task.options.data)
     self.ds = data.map_dataset(self.cfg, split, seed)  # random access, examples built lazily
     total = len(self.ds)
     if split == "test":
@@ -391,17 +392,18 @@ def best_teacher(results: dict) -> str:
 class ImageTask:
   """(x0, xT[, mask][, label]) batches from ``ibmd_jax.data`` pipelines, scored on images."""
 
-  def __init__(self, config):
-    self.config = config
-    self.bridge = Bridge.from_config(config.bridge)
-    self.conditional = bool(config.conditional)
-    self.net = NetDenoiser(self.bridge, build_model(config.model, self.bridge),
+  def __init__(self, options):
+    """options: ibmd_jax.options.TaskOptions."""
+    self.options = options
+    self.bridge = Bridge.from_config(options.bridge)
+    self.conditional = bool(options.conditional)
+    self.net = NetDenoiser(self.bridge, build_model(options.model, self.bridge),
                            conditional=self.conditional)
     self.exact = None
-    self.size = int(config.data.image_size)
-    self.data_channels = int(config.data.channels)
-    self.num_classes = config.model.get("num_classes", None)
-    self.masked = str(config.data.get("degradation", "")) == "inpaint_center"  # batches hold 'mask'
+    self.size = int(options.data["image_size"])
+    self.data_channels = int(options.data["channels"])
+    self.num_classes = options.model.get("num_classes", None)
+    self.masked = str(options.data.get("degradation", "")) == "inpaint_center"  # batches hold 'mask'
 
   def example(self):
     out = {"x": np.zeros((2, self.size, self.size, self.data_channels), np.float32)}
@@ -410,7 +412,7 @@ class ImageTask:
     return out
 
   def fixed_label(self) -> int:
-    fixed = int(self.config.data.fixed_label)
+    fixed = int(self.options.data["fixed_label"])
     if not 0 <= fixed < int(self.num_classes):
       raise ValueError(
           f"the network is class-conditional (model.num_classes={self.num_classes}) but the data "
@@ -434,10 +436,10 @@ class ImageTask:
       raise ValueError(f"role must be 'teacher' or 'distill', got {role!r}")
     rows = shd.host_rows(batch_size)
     keys = ("x0", "xT", "mask", "class") if role == "teacher" else ("xT", "mask", "class")
-    ds = data.make_dataset(dict(self.config.data), "train", batch_size=rows.stop - rows.start,
-                           seed=int(self.config.seed) + (0 if role == "teacher" else 1),
+    ds = data.make_dataset(dict(self.options.data), "train", batch_size=rows.stop - rows.start,
+                           seed=int(self.options.seed) + (0 if role == "teacher" else 1),
                            process_index=jax.process_index(), process_count=jax.process_count(),
-                           num_workers=int(self.config.data.num_workers))
+                           num_workers=int(self.options.data["num_workers"]))
 
     def prepare(b):
       b = {("class" if k == "label" else k): np.asarray(v) for k, v in b.items()}
@@ -448,31 +450,32 @@ class ImageTask:
     ds = ds.map(prepare)
     return ds.batch(group, drop_remainder=True) if group else ds
 
-  def check_eval(self, config):
-    eval_options(config)
+  def check_eval(self, ev):
+    eval_options(ev)
 
-  def eval_data(self, config, batch_size):
-    opts = eval_options(config)
-    seed = int(config.seed)
+  def eval_data(self, ev, batch_size):
+    opts = eval_options(ev)
+    seed = int(self.options.seed)
     return EvalSet(self, opts.split, opts.num_images, batch_size,
                    seed if opts.split == "test" else seed + 7)
 
-  def scorer(self, config, eval_data, workdir, mesh):
-    return ImageScorer(eval_options(config), eval_data, workdir, mesh, int(config.seed))
+  def scorer(self, ev, eval_data, workdir, mesh):
+    return ImageScorer(eval_options(ev), eval_data, workdir, mesh,
+                       int(self.options.seed))
 
-  def preview(self, config, workdir, teacher_params) -> str:
+  def preview(self, ev, workdir, teacher_params) -> str:
     """Samples at eval.grid_nfes of the first eval.grid_rows eval images,
     <workdir>/eval/teacher_grid.png (input | teacher at each NFE | reference)."""
-    ec = config.eval
-    rows, split, seed = int(ec.grid_rows), str(ec.split), int(config.seed)
-    evset = EvalSet(self, split, rows if split == "train" else int(ec.num_images), rows,
+    ec = ev
+    rows, split, seed = int(ec["grid_rows"]), str(ec["split"]), int(self.options.seed)
+    evset = EvalSet(self, split, rows if split == "train" else int(ec["num_images"]), rows,
                     seed if split == "test" else seed + 7)
     batch = evset.batch(0)
     n = evset.valid(0)
     cols = [("input", batch["xT"][:n])]
     key = jax.random.key(seed + 4)
-    for nfe in (int(v) for v in ec.grid_nfes):
-      out = make_sampler(self.net, self.bridge, nfe, eta=float(config.sampler.eta))(
+    for nfe in (int(v) for v in ec["grid_nfes"]):
+      out = make_sampler(self.net, self.bridge, nfe, eta=float(self.options.sampler_eta))(
           teacher_params, batch["xT"], jax.random.fold_in(key, nfe), label=batch.get("label"),
           mask=batch.get("mask"))
       cols.append((f"teacher NFE {nfe}", np.asarray(out)[:n]))
@@ -481,6 +484,6 @@ class ImageTask:
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(path), exist_ok=True)
       report.save_grid(path, cols, rows)
-      print(f"[teacher] sample grid (NFE {', '.join(str(v) for v in ec.grid_nfes)}): {path}",
+      print(f"[teacher] sample grid (NFE {', '.join(str(v) for v in ec['grid_nfes'])}): {path}",
             flush=True)
     return path

@@ -146,16 +146,18 @@ class ToyScorer:
 class ToyTask:
   """A toy coupling with its bridge, network denoiser and exact teacher."""
 
-  def __init__(self, config):
-    self.config = config
-    self.gmm = toy.make_coupling(config.data.coupling, int(config.data.dim))
-    self.bridge = Bridge.from_config(config.bridge)
-    self.conditional = bool(config.conditional)
-    self.net = NetDenoiser(self.bridge, build_model(config.model, self.bridge),
+  def __init__(self, options):
+    """options: ibmd_jax.options.TaskOptions."""
+    self.options = options
+    d = options.data
+    self.gmm = toy.make_coupling(d["coupling"], int(d["dim"]))
+    self.bridge = Bridge.from_config(options.bridge)
+    self.conditional = bool(options.conditional)
+    self.net = NetDenoiser(self.bridge, build_model(options.model, self.bridge),
                            conditional=self.conditional)
     self.exact = toy.exact_predictor(self.gmm, self.bridge, self.conditional)
-    self.seed = int(config.seed)
-    self.data_channels = int(config.data.dim)
+    self.seed = int(options.seed)
+    self.data_channels = int(d["dim"])
 
   def example(self):
     return {"x": np.zeros((2, self.gmm.dim), np.float32)}
@@ -175,16 +177,16 @@ class ToyTask:
     return grain.MapDataset.range(_ENDLESS).map(make).to_iter_dataset(
         grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
 
-  def check_eval(self, config):
-    ec = config.eval
-    if int(ec.num_conditions) < 1 or int(ec.samples_per_condition) < 2:
+  def check_eval(self, ev):
+    ec = ev
+    if int(ec["num_conditions"]) < 1 or int(ec["samples_per_condition"]) < 2:
       raise ValueError("eval.num_conditions must be >= 1 and eval.samples_per_condition >= 2")
 
-  def eval_data(self, config, batch_size):
+  def eval_data(self, ev, batch_size):
     """The held-out set, drawn once (the energy distance needs every output at once: one batch)."""
     del batch_size
-    ec = config.eval
-    n, c = int(ec.samples_per_condition), int(ec.num_conditions)
+    ec = ev
+    n, c = int(ec["samples_per_condition"]), int(ec["num_conditions"])
     if self.conditional:
       _, truth, truth2, xT_rep = eval_set(self.gmm, self.seed, c, n)
       return _OneBatch(xT_rep, truth, truth2)
@@ -194,10 +196,10 @@ class ToyTask:
     x0, xT_rep, _ = sample(jax.random.fold_in(key, 0), m)
     return _OneBatch(xT_rep, sample(jax.random.fold_in(key, 1), m)[0], x0)
 
-  def scorer(self, config, eval_data, workdir, mesh):
-    del config, workdir, mesh
+  def scorer(self, ev, eval_data, workdir, mesh):
+    del ev, workdir, mesh
     return ToyScorer(self, eval_data, self.conditional)
 
-  def preview(self, config, workdir, teacher_params):
-    del config, workdir, teacher_params
+  def preview(self, ev, workdir, teacher_params):
+    del ev, workdir, teacher_params
     return None

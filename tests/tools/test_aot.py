@@ -1,4 +1,4 @@
-"""Compile mode (ibmd_jax/aot.py): the launcher's programs compiled for TPU slices by libtpu's
+"""Compile mode (tools/aot.py): the launcher's programs compiled for TPU slices by libtpu's
 compile-only client on this CPU host. Skipped, with the command to install it, without libtpu."""
 import json
 import os
@@ -21,7 +21,7 @@ except ImportError:
 
 needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason='libtpu is not installed: pip install '
                                   '-e ".[tpu]" (compile mode needs its compile-only client)')
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # In-process compiles (the tests share a persistent cache) must not write TPU entries that the
 # compile-only client cannot read back: reading one warns, and here that is an error.
 pytestmark = pytest.mark.filterwarnings("error:Error reading persistent compilation cache entry")
@@ -50,12 +50,13 @@ def _state_bytes_per_chip(abstract) -> int:
 @pytest.mark.parametrize("topology,fsdp,hosts", [("v5e:2x2", 2, 1), ("v5e:4x4", 1, 4)])
 def test_teacher_step_compiles_for_a_slice_and_its_memory_adds_up(tmp_path, topology, fsdp,
                                                                   hosts):
-  from ibmd_jax import aot, programs, run
+  from ibmd_jax import programs, run
+  from tools import aot
   from ibmd_jax.tasks import make_task
   c = _config(topology, **{"mesh.fsdp": fsdp})
   devices = aot.topology_devices(topology)
   assert len({d.process_index for d in devices}) == hosts  # v5e:4x4 is a 4-host slice
-  report = run.run(c, str(tmp_path))["aot"]
+  report = run.run(c, str(tmp_path), compile_fn=aot.run)["aot"]
   r = report["programs"]["teacher_step"]
   assert report["chips"] == len(devices) and report["mesh"] == {"data": len(devices) // fsdp,
                                                                 "fsdp": fsdp}
@@ -93,7 +94,7 @@ def test_an_oversized_batch_is_reported_as_not_fitting(tmp_path):
 
 
 def test_bad_topology_names_are_config_errors():
-  from ibmd_jax import aot
+  from tools import aot
   from ibmd_jax.errors import ConfigError
   with pytest.raises(ConfigError, match="unknown chip 'v9x'"):
     aot.chip_of("v9x:2x2")
@@ -106,7 +107,7 @@ def test_bad_topology_names_are_config_errors():
 def _fake_compile(limit_bytes):
   """A stand-in for aot._search_one: memory grows with the per-chip batch, shrinks with fsdp and
   remat; remat costs FLOPs. Records the candidates compiled."""
-  from ibmd_jax import aot
+  from tools import aot
   seen = []
 
   def one(config, devices, fsdp, remat, per_chip, program, chip, hbm, options=None):
@@ -131,7 +132,7 @@ def test_search_order_pruning_cache_and_budget(tmp_path, monkeypatch):
   """Smallest first; a (fsdp, remat) that failed at a batch is not tried larger; a later remat is
   skipped where an earlier one fits; the winner is the best estimated images/s, printed as the
   overrides; a budget stops it between compiles and a rerun compiles only what is left."""
-  from ibmd_jax import aot
+  from tools import aot
   assert aot.candidate_order(4, (), ("none", "full"), (2, 1))[:3] == [
       (4, "none", 1), (4, "full", 1), (2, "none", 1)]
   monkeypatch.setattr(aot, "topology_devices", lambda t: list(range(4)))
@@ -173,7 +174,7 @@ def test_a_quick_search_confirms_its_winner_at_xlas_default_effort(tmp_path, mon
   """search_quick: every candidate compiled quickly; then the fitting ones at the default effort,
   best first, until one fits. The quick compile understates memory (modelled: 10 %), so its
   winner (8 per chip) does not fit at the default and the next (6) is the answer."""
-  from ibmd_jax import aot
+  from tools import aot
   monkeypatch.setattr(aot, "topology_devices", lambda t: list(range(4)))
   fake, seen = _fake_compile(limit_bytes=8.2e9)  # fsdp=4, 'none': (1 + b)·1e9, quick 0.9x that
   monkeypatch.setattr(aot, "_search_one", fake)
@@ -206,7 +207,7 @@ def test_a_quick_search_confirms_its_winner_at_xlas_default_effort(tmp_path, mon
 
 
 def test_search_refuses_bad_settings(tmp_path, monkeypatch):
-  from ibmd_jax import aot
+  from tools import aot
   from ibmd_jax.errors import ConfigError
   monkeypatch.setattr(aot, "topology_devices", lambda t: list(range(4)))
   c = load_config("bench64", "inpaint,tiny")
@@ -269,7 +270,8 @@ def test_a_quick_search_from_the_launcher_reaches_xla_and_reports_the_default_co
 def test_a_bfloat16_frozen_teacher_shrinks_the_rounds_arguments_by_half_the_teacher(tmp_path):
   """distill.teacher_dtype=bfloat16 in the compiled round: a chip's arguments drop by half the
   teacher's bytes on that chip, up to TPU tile padding (toy network, v5e:2x2, replicated)."""
-  from ibmd_jax import aot, programs
+  from ibmd_jax import programs
+  from tools import aot
   from ibmd_jax import sharding as shd
   from ibmd_jax.tasks import make_task
   args = {}
@@ -293,11 +295,12 @@ def test_a_bfloat16_frozen_teacher_shrinks_the_rounds_arguments_by_half_the_teac
 def test_a_state_bigger_than_the_chip_is_refused_before_compiling(tmp_path):
   """Arguments that alone exceed HBM (from their shapes and shardings) are reported without
   spending minutes in XLA, and the bytes reported are at least the planned state's per chip."""
-  from ibmd_jax import aot, run
-  from ibmd_jax.aot import DoesNotFit
+  from ibmd_jax import run
+  from tools import aot
+  from tools.aot import DoesNotFit
   c = _config("v5e:2x2", **{"model.model_channels": 2048})  # 3.4 G parameters: 50 GiB of state
   with pytest.raises(DoesNotFit, match=r"teacher_step needs .* \(its arguments alone"):
-    run.run(c, str(tmp_path))
+    run.run(c, str(tmp_path), compile_fn=aot.run)
   rec = json.load(open(tmp_path / "aot.json"))["programs"]["teacher_step"]
   assert not rec["fits"] and "compile_s" not in rec and rec["argument"] > 16 * 2**30
   from ibmd_jax import programs, sharding as shd
@@ -311,7 +314,7 @@ def test_pass_times_and_the_table_are_read_from_what_xla_and_the_queue_wrote(tmp
   """aot.pass_times nests pipelines (a pass's own time excludes the passes inside it) and reads
   the phases off the dump's files; bench/tpu_table.py's report is built from the aot.json files
   the queue wrote (and says which entries are not compiled yet or failed)."""
-  from ibmd_jax import aot
+  from tools import aot
   from bench import tpu_table
   d = tmp_path / "dump"
   d.mkdir()
@@ -366,7 +369,7 @@ def test_a_split_round_compiles_as_two_programs_and_reports_the_larger_one(tmp_p
   """distill.split_round=True in compile mode (toy round, v5e:2x2): the critic program and the
   generator program are compiled; the round's arguments / temporaries are one program's, its code
   both programs', its FLOPs the sum — more than the fused round's generator share alone."""
-  from ibmd_jax import aot
+  from tools import aot
   from configs import toy_cond
   reps = {}
   for split in (False, True):
@@ -397,7 +400,7 @@ def test_a_split_round_compiles_as_two_programs_and_reports_the_larger_one(tmp_p
 def test_a_bad_compile_threads_is_one_clear_error(tmp_path):
   """aot.compile_threads outside 0 / 1 / 2 is refused before anything is compiled (no libtpu
   needed), naming the key and its choices."""
-  from ibmd_jax import aot
+  from tools import aot
   from ibmd_jax.errors import ConfigError
   c = _config("v5e:2x2")
   c.aot.compile_threads = 3
@@ -411,7 +414,7 @@ def test_collective_bytes_and_their_breakdown_read_off_hlo_text():
   result) its larger member; a combined all-reduce's tuple whole. bench/collectives_by_chip also
   counts instructions against distinct channels: the same gather twice is 2 instructions, 1 channel."""
   from bench.collectives_by_chip import breakdown
-  from ibmd_jax import aot
+  from tools import aot
   hlo = "\n".join([
       "  %all-gather.1 = bf16[3,3,32,64]{2,3,1,0} all-gather(%p.1), channel_id=820, dims={3}",
       "  %all-gather.2 = bf16[3,3,32,64]{2,3,1,0:T(8,128)} all-gather(%p.2), channel_id=820, x=1",
@@ -443,3 +446,20 @@ def test_compile_time_bench_compares_variants_and_passes_xla_options(tmp_path):
   for r in v.values():
     assert r["gib_per_chip"] > 0 and r["tflop_per_chip"] > 0 and r["compile_s"] > 0
   assert (tmp_path / "ct.md").read_text().count("\n| ") == 2  # one row per variant
+
+
+def test_the_old_import_path_names_the_new_one():
+  """ibmd_jax.aot moved to tools.aot (issue 33): importing the old path says where it went."""
+  with pytest.raises(ImportError, match=r"ibmd_jax\.aot moved to tools\.aot"):
+    import ibmd_jax.aot  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
+
+
+def test_compile_mode_without_the_launchers_driver_names_it(tmp_path):
+  """run.run has no compile driver of its own (the package does not import tools/): called in
+  compile mode without one it is a one-line ConfigError naming the launcher and tools.aot.run,
+  before any compile."""
+  from ibmd_jax import run
+  from ibmd_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match=r"launch\.main .*--config\.mode=compile.*tools\.aot\.run"):
+    run.run(_config("v5e:2x2"), str(tmp_path))
+  assert not (tmp_path / "aot.json").exists()

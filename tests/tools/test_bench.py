@@ -18,7 +18,7 @@ from ibmd_jax import compile_cache
 from ibmd_jax import run as runner
 from ibmd_jax.models.unet import PRESET_IN_CHANNELS, PRESETS, UNet, remat_policy
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _env():

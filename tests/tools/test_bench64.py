@@ -15,7 +15,7 @@ from bench import bench64
 from ibmd_jax.eval import metrics
 from tests.test_image_tasks import load_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ---------------------------------------------------------------------- stage commands
