@@ -8,13 +8,16 @@ at a time, resumable, and the table written from whatever has been compiled.
 Each entry is the launcher's own compile mode (`python -m launch.main ... --config.mode=compile`)
 in a subprocess, so a compile XLA refuses, or one killed for host memory, is recorded and the
 queue goes on; <root>/<name>/aot.json is the result, <root>/<name>.log the output, and an entry
-with an aot.json is skipped on the next call. Full-size compiles take 20–65 minutes (256² rounds
-split, one program at a time) and 18–37 GiB of host memory each on a 2-core host (swap needed):
-one at a time (one compile already keeps both cores busy; two at once need twice the memory).
+with an aot.json is skipped on the next call. The recorded full-size compiles took 971–5,856 s
+and 17.9–52.0 GiB of host memory (resident + swap) each on a 2-core host (docs/tpu_runs/*/:
+swap needed): one at a time (one compile already keeps both cores busy; two at once need twice
+the memory).
 
 The choices (mesh, remat, per-chip batch, bf16 teacher, microbatches) are the fitting ones for
-each chip's HBM; the table shows what XLA measured for them. `pod_command` is the exact
-launch/tpu_pod.sh line with those overrides.
+each chip's usable HBM; the table shows what XLA measured for them, and the estimates with every
+loop counted (`corrected`: tools/loops.py, tools/chips.py) recomputed from each aot.json, no
+recompile. `pod_command` is the exact launch/tpu_pod.sh line: the compiled choices, written out,
+and --config.mode=distill.
 """
 from __future__ import annotations
 
@@ -80,12 +83,6 @@ def command(name: str, root: str, extra=()) -> list[str]:
           "--config.aot.compile_threads=1", *overrides, *extra]
 
 
-def pod_command(name: str) -> str:
-  config, topology, overrides = ENTRIES[name]
-  return (f"TPU_NAME=<{topology.replace(':', '-')} slice> ZONE=<zone> WORKDIR=gs://<bucket>/run "
-          f"launch/tpu_pod.sh {config} " + " ".join(overrides))
-
-
 def run_queue(root: str, names: list[str], budget_s: float) -> None:
   t0 = time.time()
   env = dict(os.environ, ALLOW_MULTIPLE_LIBTPU_LOAD="1")
@@ -123,8 +120,8 @@ def run_queue(root: str, names: list[str], budget_s: float) -> None:
 
 
 def _sig3(x: float) -> str:
-  """Three significant digits, trailing zeros kept (2.00, 26.0, 472)."""
-  return f"{x:#.3g}".rstrip(".")
+  """Three significant digits, trailing zeros kept (2.00, 26.0, 472); 1,121 from a thousand on."""
+  return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:#.3g}".rstrip(".")
 
 
 def _tree_memory(pid: int) -> int:
@@ -163,12 +160,79 @@ def _max_rss_gib(log: str):
   return None
 
 
+def _load_entry(name: str):
+  """The entry's config with its overrides applied (what was compiled)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import importlib  # pylint: disable=g-import-not-at-top
+  config, _, overrides = ENTRIES[name]
+  c = importlib.import_module(config[:-len(".py")].replace("/", ".")).get_config()
+  for o in overrides:
+    key, raw = o[len("--config."):].split("=", 1)
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    c.update_from_flattened_dict({key: value})
+  return c
+
+
+# Where each config's teacher and data live on the pod (docs/tpu.md, step 3).
+POD_INPUTS = {
+    "configs/i2sb_sr4_bicubic.py": ("--config.teacher.checkpoint=gs://<bucket>/teachers/i2sb_sr4_bicubic/teacher",
+                                    "--config.data.tfds_data_dir=gs://<bucket>/tfds"),
+    "configs/ddbm_e2h64.py": ("--config.teacher.checkpoint=gs://<bucket>/teachers/ddbm_e2h64/teacher",),
+    "configs/ddbm_diode256.py": ("--config.teacher.checkpoint=gs://<bucket>/teachers/ddbm_diode256/teacher",),
+    "configs/dbim_inpaint256.py": ("--config.teacher.checkpoint=gs://<bucket>/teachers/dbim_inpaint256/teacher",
+                                   "--config.data.tfds_data_dir=gs://<bucket>/tfds"),
+}
+
+
+def pod_command(name: str) -> str:
+  """The entry's launch/tpu_pod.sh line: the teacher and data in the bucket, then every choice
+  that decides the compiled round, and --config.mode=distill (the program that was compiled)."""
+  from tools import podcmd  # pylint: disable=g-import-not-at-top
+  config, topology, overrides = ENTRIES[name]
+  c = _load_entry(name)
+  given = podcmd.keys(overrides)
+  plan = list(overrides) + [
+      f"--config.{k}={v}" for k, v in (
+          ("distill.teacher_dtype", c.distill.teacher_dtype),
+          ("distill.microbatches", int(c.distill.microbatches)),
+          ("distill.split_round", bool(c.distill.split_round)), ("mode", "distill"))
+      if k not in given]
+  return podcmd.pod_command(config, topology, list(POD_INPUTS.get(config, ())) + plan)
+
+
+def corrected(name: str, rep: dict) -> dict:
+  """A recorded round's estimate with every loop counted (tools/loops.py) and the published chip
+  figures (tools/chips.py), from its aot.json alone: XLA's counts × the round's loop factor (the
+  records hold the split programs' sums, so both programs take the round's factor)."""
+  from tools import chips as chips_lib, estimates, loops  # pylint: disable=g-import-not-at-top
+  r = rep["programs"]["round"]
+  acc = loops.round_loops(_load_entry(name))
+  chip = chips_lib.device_figures(rep["chip"])
+  est = estimates.program_estimate(r, chip, rep["chips"], r["images"], acc["factor"])
+  per_image = r["flops"] / (r["images"] / rep["chips"])
+  return dict(est, usable=chip["hbm_bytes"], margin=chip["hbm_bytes"] - r["total"],
+              fits=r["total"] <= chip["hbm_bytes"],
+              xla_over_model=per_image / (acc["critic_xla"] + acc["gen_xla"]), loops=acc)
+
+
 def report(root: str) -> str:
-  lines = ["| config | slice | mesh | per-chip batch | round per chip GiB (of HBM) | fits | "
-           "TFLOP per chip (one critic + one generator step) | est. round s (roofline) | "
-           "est. generator images/s per chip | compile s (split round: critic + generator, "
-           "one after the other) | host GiB (peak resident + swap) |",
-           "|" + "---|" * 11]
+  lines = ["The fitting choice of each full-size config on each slice, compiled on a CPU host "
+           "(docs/tpu.md; records in docs/tpu_runs/<row>/). Memory: XLA's compiled round per "
+           "chip against the HBM libtpu lets a program use (docs/compile_runs/usable_hbm.json). "
+           "Estimates: a roofline per round with every loop counted as many times as it runs "
+           "(the L critic steps, DBIM's generator chain: tools/loops.py) and the datasheet "
+           "figures of tools/chips.py; \"first published\" is the estimate as first written, "
+           "from XLA's count of each loop body once and the older chip figures. Rewritten from "
+           "the records, no recompile: `python bench/tpu_table.py --root=docs/tpu_runs "
+           "--report=docs/tpu_table.md`.", "",
+           "| config | slice | mesh | per-chip batch | round GiB per chip (of usable HBM) | margin "
+           "GiB | fits | TFLOP per chip: XLA (loop bodies once) → per round | XLA ÷ FLOP model | "
+           "est. round s (roofline) | est. generator images/s per chip | first published "
+           "(loop bodies once, old chip figures) | compile s (split round: critic + generator) | "
+           "host GiB (peak resident + swap) |", "|" + "---|" * 14]
   for name, (config, topology, overrides) in ENTRIES.items():
     path = os.path.join(root, name, "aot.json")
     if not os.path.exists(path):
@@ -178,7 +242,7 @@ def report(root: str) -> str:
         with open(fail) as f:
           info = json.load(f)
         state = f"failed (rc {info['rc']}, host RSS {info['host_max_rss_gib']} GiB)"
-      lines.append(f"| {os.path.basename(config)} | {topology} | | | {state} | | | | | | |")
+      lines.append(f"| {os.path.basename(config)} | {topology} | | | {state} |" + " |" * 9)
       continue
     with open(path) as f:
       rep = json.load(f)
@@ -192,18 +256,22 @@ def report(root: str) -> str:
     mesh = f"{rep['mesh']['data']}×{rep['mesh']['fsdp']}"
     if "xla_error" in r:
       lines.append(f"| {os.path.basename(config)} | {topology} | {mesh} | {per_chip} | "
-                   f"{r['total'] / 2**30:.2f} (XLA) | **no** | | | | | {_host_cell(host)} |")
+                   f"{r['total'] / 2**30:.2f} (XLA) | | **no** |" + " |" * 6
+                   + f" {_host_cell(host)} |")
       continue
-    ips = r.get("images_per_s_per_chip")
+    e = corrected(name, rep)
+    old = r.get("images_per_s_per_chip")
     lines.append(
         f"| {os.path.basename(config)} | {topology} | {mesh} | {per_chip} | "
-        f"{r['total'] / 2**30:.2f} ({r['hbm'] / 2**30:g}) | {'yes' if r['fits'] else '**no**'} | "
-        f"{_sig3(r['flops'] / 1e12)} | {_sig3(r['roofline_s'])} ({r['bound']}) | "
-        f"{'–' if ips is None else _sig3(ips)} | {_compile_cell(r)} | {_host_cell(host)} |")
-  lines.append("")
-  lines.append("Pod commands (the overrides measured above):")
-  lines.append("")
-  lines.append("```bash")
+        f"{r['total'] / 2**30:.2f} ({e['usable'] / 2**30:g}) | {e['margin'] / 2**30:.2f} | "
+        f"{'yes' if e['fits'] else '**no**'} | {_sig3(r['flops'] / 1e12)} → "
+        f"{_sig3(e['flops_run'] / 1e12)} | {e['xla_over_model']:.2f} | "
+        f"{_sig3(e['roofline_s'])} ({e['bound']}) | "
+        f"{'–' if e['images_per_s_per_chip'] is None else _sig3(e['images_per_s_per_chip'])} | "
+        f"{'–' if old is None else _sig3(old)} | {_compile_cell(r)} | {_host_cell(host)} |")
+  lines += ["", "Pod commands (the overrides compiled above; `--config.mode=distill` runs the "
+            "compiled round and nothing else; the teacher and the data in the bucket: "
+            "docs/tpu.md, step 3):", "", "```bash"]
   for name in ENTRIES:
     if os.path.exists(os.path.join(root, name, "aot.json")):
       lines.append(pod_command(name))

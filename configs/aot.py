@@ -18,6 +18,9 @@ def aot_config() -> ml_collections.ConfigDict:
       search=False, search_program="round",
       search_batches=(1, 2, 4, 8, 16, 32),
       search_remat=("none", "full"), search_fsdp=(),
+      # the round's frozen-teacher dtype and microbatches, tried in order where the earlier do
+      # not fit (e.g. ("float32", "bfloat16"), (1, 2)); empty: the config's own value
+      search_teacher_dtype=(), search_microbatches=(),
       search_budget_s=0.0,
       # compile the candidates at XLA's exec_time_optimization_effort=-1 (faster, memory slightly
       # understated: docs/tpu.md, "What cuts it"), then the best fitting at the default

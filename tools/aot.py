@@ -33,9 +33,9 @@ import numpy as np
 
 from ibmd_jax import sharding as shd
 from ibmd_jax.errors import ConfigError, RunError
-from tools import split_compile
+from tools import loops, podcmd, split_compile
 # The chips, the HLO readers and the roofline, under the names compile mode has always had.
-from tools.chips import CHIPS, INSTALL_HINT, chip_of, topology_devices  # noqa: F401
+from tools.chips import CHIPS, INSTALL_HINT, chip_of, device_figures, topology_devices  # noqa: F401
 from tools.hlo import (COLLECTIVE_OPS, HLO_BYTES, collective_bytes, hlo_instructions,  # noqa: F401
                        pass_times, xla_cost, xla_oom as _xla_oom)
 from tools.roofline import estimate
@@ -149,6 +149,9 @@ class Compiled:
   threads: int = 1
   # the optimised program's size (HLO instructions; a split round: both programs)
   hlo_instructions: int = 0
+  # a split round: each program's own XLA counts ({flops, bytes_accessed, collective}), critic
+  # then generator, so that the estimate scales each by its own loops
+  parts_cost: tuple = ()
 
   @property
   def total(self) -> int:
@@ -196,6 +199,13 @@ def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None
   opt = cost.get("optimal_seconds")
   text = compiled.as_text() or ""
   coll = sum(collective_bytes(text).values())
+  parts_cost = ()
+  if isinstance(compiled, split_compile.SplitCompiled):
+    parts_cost = tuple(
+        {"flops": float(xla_cost(p).get("flops", 0.0)),
+         "bytes_accessed": float(xla_cost(p).get("bytes accessed", 0.0)),
+         "collective": int(sum(collective_bytes(p.as_text() or "").values()))}
+        for p in compiled.parts)
   return Compiled(name=name, argument=int(mem.argument_size_in_bytes),
                   output=int(mem.output_size_in_bytes), alias=int(mem.alias_size_in_bytes),
                   temp=int(mem.temp_size_in_bytes),
@@ -209,11 +219,27 @@ def compile_one(name: str, fn, args, images: int, options: Optional[dict] = None
                   images=images,
                   parts_s=tuple(getattr(compiled, "seconds", ())),
                   threads=int(getattr(compiled, "threads", 1)),
-                  hlo_instructions=hlo_instructions(text))
+                  hlo_instructions=hlo_instructions(text),
+                  parts_cost=parts_cost)
 
 
 def _gib(b: float) -> float:
   return b / 2**30
+
+
+def loop_factors(config, name: str) -> dict:
+  """What one call of a program runs ÷ what XLA counted in it (a loop body once): the round's L
+  critic steps, generator chain and microbatches (tools/loops.py; a split round: per program), the
+  teacher step's microbatches, a sampler's steps (its largest NFE, the student's steps)."""
+  if name == "round":
+    acc = loops.round_loops(config)
+    return {"factor": acc["factor"], "part_factors": acc["split"]}
+  if name == "teacher_step":
+    return {"factor": loops.program_factor(name, config)}
+  ev = config.eval
+  count = (max(int(n) for n in ev.teacher_nfes) if name == "teacher_sampler"
+           else max(int(s) for s in ev.student_steps))
+  return {"factor": loops.program_factor(name, config, count)}
 
 
 def run(config, workdir: str, task=None) -> dict:
@@ -228,7 +254,7 @@ def run(config, workdir: str, task=None) -> dict:
     return search(config, workdir)
   topology = str(ac.topology)
   kind = chip_of(topology)
-  chip = CHIPS[kind]
+  chip = device_figures(kind)
   devices = topology_devices(topology)
   mesh = shd.mesh_from_config(config, devices)
   task = task or tasks_lib.make_task(config)
@@ -237,7 +263,7 @@ def run(config, workdir: str, task=None) -> dict:
   if bad:
     raise ConfigError(f"aot.programs has unknown {bad}; choose from {list(PROGRAMS)}")
   programs = build_programs(config, task, mesh, which)
-  hbm = chip["hbm_gib"] * 2**30
+  hbm = chip["hbm_bytes"]
   rows, results = [], {}
   dump = os.path.join(os.path.abspath(workdir), "xla_dump") if ac.get("pass_times") else ""
   for name in which:
@@ -266,11 +292,11 @@ def run(config, workdir: str, task=None) -> dict:
                        "xla_error": str(e).strip().splitlines()[-1][:500]}
       print(f"[compile] {name}: does not fit, XLA: {results[name]['xla_error']}", flush=True)
       continue
-    est = estimate(c, chip, len(devices))
+    est = estimate(c, chip, len(devices), **loop_factors(config, name))
     results[name] = dict(dataclasses.asdict(c), total=c.total, fits=c.total <= hbm,
                          hbm=int(hbm), **est)
     rows.append(c)
-    print(f"[compile] {name}: {_gib(c.total):.2f} GiB of {chip['hbm_gib']:g} per chip, "
+    print(f"[compile] {name}: {_gib(c.total):.2f} GiB of {chip['usable_hbm_gib']:g} usable per chip, "
           f"{c.flops / 1e12:.3g} TFLOP per chip, compiled in {c.compile_s:.1f} s"
           + _parts(c.parts_s, c.threads), flush=True)
   if dump:  # read after every compile: XLA writes a module's pass metadata late
@@ -291,35 +317,46 @@ def run(config, workdir: str, task=None) -> dict:
   if over:
     raise DoesNotFit("; ".join(
         f"{n} needs {_gib(r['total']):.2f} GiB per chip, {_gib(r['total'] - hbm):.2f} GiB more "
-        f"than a {kind} chip's {chip['hbm_gib']:g} GiB"
+        f"than the {chip['usable_hbm_gib']:g} GiB a {kind} chip gives a program"
         + (f" (XLA: {r['xla_error']})" if "xla_error" in r else "")
         + (f" ({r['reason']})" if "reason" in r else "") for n, r in over)
         + " (try mesh.fsdp, model.remat, a smaller batch, or aot.search=True)")
   return report
 
 
+def _chip_line(chip: dict) -> str:
+  ici = chip.get("ici_gbps_one_way")
+  return (f"{chip['hbm_gib']:g} GiB HBM ({chip.get('usable_hbm_gib', chip['hbm_gib']):g} usable), "
+          f"{chip['bf16_tflops']:g} bf16 TFLOP/s, {chip['hbm_gbps']:g} GB/s HBM, "
+          + (f"{ici:g} GB/s ICI one way" if ici else "no published ICI figure")
+          + f" ({chip['source']})")
+
+
 def markdown(report: dict) -> str:
   chip = report["chip_figures"]
   lines = [f"Compiled for **{report['topology']}** ({report['chips']} chips, mesh "
-           f"{report['mesh']}), JAX {report['jax']}. Per chip: {chip['hbm_gib']:g} GiB HBM, "
-           f"{chip['bf16_tflops']:g} bf16 TFLOP/s, {chip['hbm_gbps']:g} GB/s HBM, "
-           f"{chip['ici_gbit']:g} Gbit/s inter-chip ({chip['source']}). Loop bodies (the round's "
-           "critic steps, a sampler's steps) count once in FLOPs and collectives.",
+           f"{report['mesh']}), JAX {report['jax']}. Per chip: {_chip_line(chip)}. XLA counts a "
+           "loop body once (the round's critic steps, a generator chain, microbatches, a "
+           "sampler's steps): the estimates scale each program by its loops' runs ('loop "
+           "factor', tools/loops.py).",
            "", "| program | arguments GiB | outputs GiB | aliased GiB | temporaries GiB | total "
-           "GiB | fits | TFLOP / chip | collectives GiB / chip | XLA optimal_seconds (est.) | "
-           "roofline s (est.) | images/s per chip (est.) | compile s |", "|" + "---|" * 13]
+           "GiB | fits | TFLOP / chip (XLA, loop bodies once) | loop factor | TFLOP / chip per "
+           "call | collectives GiB / chip (XLA) | XLA optimal_seconds (est.) | roofline s per "
+           "call (est.) | images/s per chip (est.) | compile s |", "|" + "---|" * 15]
   for name, r in report["programs"].items():
     if "xla_error" in r or "reason" in r:
       how = "XLA" if "xla_error" in r else "arguments, from shapes"
       lines.append(f"| {name} | – | – | – | – | {_gib(r['total']):.3f} ({how}) | **no** | – | – | "
-                   f"– | – | – | – |")
+                   f"– | – | – | – | – | – |")
       continue
     ips = r["images_per_s_per_chip"]
     opt = r["optimal_seconds"]
     lines.append(
         f"| {name} | {_gib(r['argument']):.3f} | {_gib(r['output']):.3f} | {_gib(r['alias']):.3f}"
         f" | {_gib(r['temp']):.3f} | {_gib(r['total']):.3f} | {'yes' if r['fits'] else '**no**'}"
-        f" | {r['flops'] / 1e12:.4g} | {_gib(r['collective']):.4g} | {'–' if opt is None else f'{opt:.4g}'} | "
+        f" | {r['flops'] / 1e12:.4g} | {r.get('loop_factor', 1.0):.4g} | "
+        f"{r.get('flops_run', r['flops']) / 1e12:.4g} | {_gib(r['collective']):.4g} | "
+        f"{'–' if opt is None else f'{opt:.4g}'} | "
         f"{r['roofline_s']:.4g} ({r['bound']}) | {'–' if ips is None else f'{ips:.4g}'} | "
         f"{r['compile_s']:.1f} |")
   for name, r in report["programs"].items():
@@ -344,11 +381,15 @@ BATCH_KEY = {"round": "distill.batch_size", "teacher_step": "teacher.batch_size"
 SEARCH_FILE = "aot_search.json"
 
 
-def _fingerprint(config) -> str:
+def _fingerprint(config, searched=()) -> str:
   """What a cached candidate depends on besides its own choice: the config with the searched keys
-  (mesh, remat, batches) and the search settings left out."""
+  (mesh, remat, batches, and `searched`: e.g. distill.teacher_dtype) and the search settings left
+  out."""
   import hashlib  # pylint: disable=g-import-not-at-top
   d = config.to_dict()
+  for key in searched:
+    sec, k = key.split(".")
+    d.get(sec, {}).pop(k, None)
   d.pop("aot", None)
   d.pop("mesh", None)
   d.pop("workdir", None)
@@ -368,6 +409,33 @@ QUICK_XLA = {"exec_time_optimization_effort": -1}
 
 def candidate_name(fsdp: int, remat: str, per_chip: int, quick: bool = False) -> str:
   return ("quick:" if quick else "") + f"fsdp={fsdp},remat={remat},per_chip={per_chip}"
+
+
+# A search variant is the remat policy, followed, where aot.search_teacher_dtype or
+# aot.search_microbatches are given, by ",teacher_dtype=...,microbatches=..." (round only).
+VARIANT_KEYS = {"teacher_dtype": "distill.teacher_dtype", "microbatches": "distill.microbatches"}
+
+
+def variants(remats, teacher_dtypes=(), microbatches=()) -> list[str]:
+  """Every (teacher dtype, microbatches) level in the order given (the cheapest first), each with
+  every remat policy: a level is tried at a (mesh, batch) only where the earlier ones do not fit."""
+  out = []
+  for td in (tuple(teacher_dtypes) or (None,)):
+    for mb in (tuple(microbatches) or (None,)):
+      extra = (f",teacher_dtype={td}" if td is not None else "") + (
+          f",microbatches={int(mb)}" if mb is not None else "")
+      out += [f"{r}{extra}" for r in remats]
+  return out
+
+
+def split_variant(variant: str) -> tuple[str, dict]:
+  """'full,teacher_dtype=bfloat16,microbatches=2' -> ('full', {config key: value})."""
+  remat, *rest = str(variant).split(",")
+  extra = {}
+  for item in rest:
+    k, v = item.split("=", 1)
+    extra[VARIANT_KEYS[k]] = int(v) if k == "microbatches" else v
+  return remat, extra
 
 
 def candidate_order(chips: int, fsdps, remats, batches) -> list[tuple[int, str, int]]:
@@ -400,7 +468,7 @@ def search(config, workdir: str) -> dict:
   ac = config.aot
   topology = str(ac.topology)
   kind = chip_of(topology)
-  chip = CHIPS[kind]
+  chip = device_figures(kind)
   program = str(ac.search_program)
   if program not in BATCH_KEY:
     raise ConfigError(f"aot.search_program={program!r}: choose one of {list(BATCH_KEY)}")
@@ -414,12 +482,20 @@ def search(config, workdir: str) -> dict:
     raise ConfigError(f"aot.search_remat has unknown {bad}; choose from {list(REMAT_POLICIES)}")
   if not ac.search_batches or min(int(b) for b in ac.search_batches) < 1:
     raise ConfigError("aot.search_batches must list per-chip batch sizes >= 1, e.g. (1, 2, 4, 8)")
+  tds = tuple(str(t) for t in ac.get("search_teacher_dtype", ())) if program == "round" else ()
+  mbs = tuple(int(m) for m in ac.get("search_microbatches", ())) if program == "round" else ()
+  from ibmd_jax.checks import TEACHER_DTYPES  # pylint: disable=g-import-not-at-top
+  if [t for t in tds if t not in TEACHER_DTYPES] or [m for m in mbs if m < 1]:
+    raise ConfigError(f"aot.search_teacher_dtype={tds} / aot.search_microbatches={mbs}: dtypes "
+                      f"from {TEACHER_DTYPES}, microbatches >= 1")
+  remats = tuple(variants(remats, tds, mbs))
   devices = topology_devices(topology)
   chips = len(devices)
   order = candidate_order(chips, ac.search_fsdp, remats, ac.search_batches)
-  hbm = chip["hbm_gib"] * 2**30
+  hbm = chip["hbm_bytes"]
   path = os.path.join(workdir, SEARCH_FILE)
-  fp = _fingerprint(config)
+  fp = _fingerprint(config, ([VARIANT_KEYS["teacher_dtype"]] if tds else [])
+                    + ([VARIANT_KEYS["microbatches"]] if mbs else []))
   cache = {}
   if os.path.exists(path):
     try:
@@ -503,11 +579,22 @@ def search(config, workdir: str) -> dict:
   best = None
   if fitting:
     name, r = max(fitting, key=score)
+    remat, extra = split_variant(r["remat"])
     overrides = [f"--config.mesh.data={chips // r['fsdp']}", f"--config.mesh.fsdp={r['fsdp']}"]
     if "remat" in config.model:
-      overrides.append(f"--config.model.remat={r['remat']}")
+      overrides.append(f"--config.model.remat={remat}")
+    overrides += [f"--config.{k}={v}" for k, v in extra.items()]
     overrides.append(f"--config.{BATCH_KEY[program]}={r['per_chip'] * chips}")
-    best = dict(r, name=name, overrides=overrides)
+    # the complete pod command: the user's own overrides, then every choice that decides the
+    # compiled program, and the mode that runs it (tools/podcmd.py)
+    chosen = config.copy_and_resolve_references()
+    chosen.update_from_flattened_dict(extra)
+    plan = podcmd.plan_overrides(chosen, program, chips, r["fsdp"],
+                                 remat if "remat" in config.model else None, r["per_chip"],
+                                 BATCH_KEY[program])
+    user = podcmd.user_overrides(None, podcmd.keys(plan))
+    pod = podcmd.pod_command(podcmd.config_file() or "CONFIG.py", topology, user + plan)
+    best = dict(r, name=name, overrides=overrides, plan=plan, pod_command=pod)
   report = save(best)
   report["seconds"] = time.time() - t0
   report["compiled_now"] = compiled_now
@@ -515,7 +602,7 @@ def search(config, workdir: str) -> dict:
     f.write(search_markdown(report) + "\n")
   print(search_markdown(report), flush=True)
   if best is None:
-    raise DoesNotFit(f"no candidate of the search fits a {kind} chip ({chip['hbm_gib']:g} GiB) for "
+    raise DoesNotFit(f"no candidate of the search fits a {kind} chip ({chip['usable_hbm_gib']:g} GiB usable) for "
                      f"{program}" + (" yet: the budget stopped it; rerun to continue" if cut else
                                      ": try more fsdp, remat='full', smaller search_batches"
                                      + (" (with search_quick, none that fitted quickly fitted "
@@ -527,11 +614,13 @@ def _search_one(config, devices, fsdp, remat, per_chip, program, chip, hbm,
                 options: Optional[dict] = None) -> dict:
   from ibmd_jax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   chips = len(devices)
+  variant = remat
+  remat, extra = split_variant(variant)
   c = config.copy_and_resolve_references()
   c.update_from_flattened_dict({"mesh.data": chips // fsdp, "mesh.fsdp": fsdp,
-                                BATCH_KEY[program]: per_chip * chips,
+                                BATCH_KEY[program]: per_chip * chips, **extra,
                                 **({"model.remat": remat} if "remat" in c.model else {})})
-  base = {"fsdp": fsdp, "remat": remat, "per_chip": per_chip}
+  base = {"fsdp": fsdp, "remat": variant, "per_chip": per_chip}
   try:
     mesh = shd.mesh_from_config(c, devices)
     fn, args, images = build_programs(c, tasks_lib.make_task(c), mesh, (program,))[program]
@@ -549,13 +638,13 @@ def _search_one(config, devices, fsdp, remat, per_chip, program, chip, hbm,
     return dict(base, fits=False, total=int(need[0] * 2**30) if need[0] == need[0] else 0,
                 xla_error=str(e).strip().splitlines()[-1][:300])
   return dict(base, **dataclasses.asdict(got), total=got.total, fits=got.total <= hbm,
-              **estimate(got, chip, chips))
+              **estimate(got, chip, chips, **loop_factors(c, program)))
 
 
 def search_markdown(report: dict) -> str:
   chip = report["chip_figures"]
   lines = [f"Search for **{report['program']}** on **{report['topology']}** ({report['chips']} "
-           f"chips, {chip['hbm_gib']:g} GiB each), JAX {report['jax']}: "
+           f"chips, {chip.get('usable_hbm_gib', chip['hbm_gib']):g} GiB usable each), JAX {report['jax']}: "
            f"{len(report['candidates'])} candidates compiled"
            + ("" if report["complete"] else " (cut short by aot.search_budget_s: rerun to "
               "continue)") + ".", "",
@@ -576,4 +665,7 @@ def search_markdown(report: dict) -> str:
   lines += ["", "Best fitting choice (estimated images/s per chip"
             + (", confirmed at XLA's default effort" if report.get("quick") else "") + "): "
             + ("none" if not best else "`" + " ".join(best["overrides"]) + "`")]
+  if best and best.get("pod_command"):
+    lines += ["", "Pod command (your overrides, then the plan's; docs/tpu.md, step 4):", "",
+              "```bash", best["pod_command"], "```"]
   return "\n".join(lines)

@@ -7,19 +7,50 @@ import importlib.util
 from ibmd_jax.errors import ConfigError
 
 
-# Public datasheet figures per chip (Google Cloud TPU documentation, system architecture pages:
-# https://cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e): HBM GiB, dense bf16 TFLOP/s, HBM GB/s,
-# inter-chip interconnect Gbit/s per chip (all links).
+# Per chip, from the Google Cloud TPU system-architecture pages (read 2026-12-07 through the docs
+# search; the addresses below): HBM capacity (GiB), dense bf16 peak (TFLOP/s), HBM bandwidth (GB/s)
+# and the inter-chip interconnect (ICI). The pages give ICI per chip as *bidirectional* bandwidth
+# (v5e 400, v5p 1,200, v6e 800 GB/s; older copies: 1,600 / 4,800 / 3,584→3,200 Gbit/s, the same
+# figures in one direction). The roofline divides the bytes a chip's collectives produce (what it
+# receives) by `ici_gbps_one_way`: half the bidirectional figure. v4's page gives no ICI figure:
+# left out (None), so v4 estimates have no interconnect term.
+# `usable_hbm_gib` is what libtpu lets a program use (docs/compile_runs/usable_hbm.json, from
+# tools/usable_hbm.py): the fit check compares with it, not with the datasheet's capacity.
+# libtpu's compile-only client lists each v4 TensorCore as a device (v4:2x2x1 is 8 devices), so
+# v4's per-device figures are half a chip's (`devices_per_chip`).
 CHIPS = {
-    "v4": dict(hbm_gib=32.0, bf16_tflops=275.0, hbm_gbps=1228.0, ici_gbit=2400.0,
-               source="https://cloud.google.com/tpu/docs/v4"),
-    "v5e": dict(hbm_gib=16.0, bf16_tflops=197.0, hbm_gbps=819.0, ici_gbit=1600.0,
-                source="https://cloud.google.com/tpu/docs/v5e"),
-    "v5p": dict(hbm_gib=95.0, bf16_tflops=459.0, hbm_gbps=2765.0, ici_gbit=4800.0,
-                source="https://cloud.google.com/tpu/docs/v5p"),
-    "v6e": dict(hbm_gib=32.0, bf16_tflops=918.0, hbm_gbps=1640.0, ici_gbit=3584.0,
-                source="https://cloud.google.com/tpu/docs/v6e"),
+    "v4": dict(hbm_gib=32.0, usable_hbm_gib=15.25, bf16_tflops=275.0, hbm_gbps=1200.0,
+               ici_gbps_one_way=None, devices_per_chip=2,
+               source="https://docs.cloud.google.com/tpu/docs/v4",
+               ici_source="none: the v4 page gives no per-chip ICI bandwidth"),
+    "v5e": dict(hbm_gib=16.0, usable_hbm_gib=15.75, bf16_tflops=197.0, hbm_gbps=819.0,
+                ici_gbps_one_way=200.0, devices_per_chip=1,
+                source="https://docs.cloud.google.com/tpu/docs/v5e",
+                ici_source="bidirectional ICI per chip 400 GB/s (v5e page)"),
+    "v5p": dict(hbm_gib=95.0, usable_hbm_gib=95.74, bf16_tflops=459.0, hbm_gbps=2765.0,
+                ici_gbps_one_way=600.0, devices_per_chip=1,
+                source="https://docs.cloud.google.com/tpu/docs/v5p",
+                ici_source="bidirectional ICI per chip 1,200 GB/s (v5p page)"),
+    "v6e": dict(hbm_gib=32.0, usable_hbm_gib=31.25, bf16_tflops=918.0, hbm_gbps=1600.0,
+                ici_gbps_one_way=400.0, devices_per_chip=1,
+                source="https://docs.cloud.google.com/tpu/docs/v6e",
+                ici_source="bidirectional ICI per chip 800 GB/s (v6e page; 3,200 Gbit/s one way)"),
 }
+
+
+def device_figures(kind: str) -> dict:
+  """A chip's figures per device of libtpu's compile-only client (v4: per TensorCore, half a
+  chip's peak and bandwidths; the others: the chip's), with `hbm_bytes`, the fit check's limit."""
+  c = dict(CHIPS[kind])
+  n = c["devices_per_chip"]
+  for key in ("bf16_tflops", "hbm_gbps"):
+    c[key] = c[key] / n
+  if c["ici_gbps_one_way"]:
+    c["ici_gbps_one_way"] = c["ici_gbps_one_way"] / n
+  c["hbm_bytes"] = int(c["usable_hbm_gib"] * 2**30)
+  return c
+
+
 INSTALL_HINT = ('compile mode needs libtpu\'s compile-only client: pip install -e ".[tpu]" '
                 '(or pip install "jax[tpu]==<your jax version>")')
 
