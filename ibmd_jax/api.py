@@ -19,7 +19,6 @@ the numbers it returns are logged as mode 'eval'.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable, Optional
 
 import grain
@@ -27,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ibmd_jax import checkpointing as ckpt
+from ibmd_jax import paths
 from ibmd_jax.checks import TEACHER_DTYPES
 from ibmd_jax import sharding as shd
 from ibmd_jax import state as state_lib
@@ -141,7 +141,7 @@ def distill(*, teacher: Predictor, teacher_params: Any, net: NetDenoiser, init_p
     hooks = ((eval_every, lambda step, st: writer.write("eval", step, eval_fn(step, st) or {})),)
   loop = Loop(name="distill", step_fn=round_fn, state=planned, data=data, total=opts.rounds,
               total_name="distill.rounds",
-              directory=os.path.join(workdir, "checkpoints"), mesh=mesh,
+              directory=paths.join(workdir, "checkpoints"), mesh=mesh,
               key=jax.random.key(opts.seed + 2),
               extra=(jax.device_put(frozen_teacher(teacher_params, opts.teacher_dtype),
                                     teacher_sh),), batch_axis=1,
@@ -149,7 +149,7 @@ def distill(*, teacher: Predictor, teacher_params: Any, net: NetDenoiser, init_p
               save_every=opts.checkpoint_every, keep=opts.keep, best_metric=opts.best_metric,
               best_mode=opts.best_mode, log_every=opts.log_every, deadline=deadline,
               profile_start=profile_start, profile_steps=profile_steps,
-              profile_dir=os.path.join(workdir, "profile"), hooks=hooks,
+              profile_dir=paths.join(workdir, "profile"), hooks=hooks,
               metric_modes=("eval",) if hooks else (),
               fingerprint=fingerprint or json_options(opts), start_over=opts.start_over,
               divergence_factor=opts.divergence_factor, divergence_window=opts.divergence_window,

@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from absl import logging
 
+from ibmd_jax import paths
 from ibmd_jax.errors import (DISK_ERRNOS, CheckpointMismatch, DiskFullError,
                              NoRestorableCheckpoint, NonFiniteError)
 
@@ -179,7 +180,8 @@ class RunCheckpointer:
       raise ValueError(f"checkpoint.keep must be >= 1, got {max_to_keep}")
     if best_metric and best_mode not in ("min", "max"):
       raise ValueError(f"checkpoint.best_mode must be 'min' or 'max', got {best_mode!r}")
-    self.directory = os.path.abspath(directory)
+    # Orbax reads and writes gs:// itself; the rest goes through the path layer
+    self.directory = paths.for_orbax(directory)
     self.save_every = save_every
     self.best_metric, self.best_mode = best_metric, best_mode
     self.fingerprint = fingerprint or {}
@@ -260,6 +262,8 @@ class RunCheckpointer:
 
   def _check_space(self, step: int, state: Any):
     need = _nbytes(state)
+    if paths.is_remote(self.directory):  # a bucket has no free-space figure to check
+      return
     free = shutil.disk_usage(self.directory).free
     if free < need + self.min_free:
       raise DiskFullError(
@@ -302,10 +306,12 @@ class RunCheckpointer:
 
   def _remove_tmp(self):
     for root in (self.directory, self.directory + "_best"):
-      if os.path.isdir(root):
-        for name in os.listdir(root):
-          if "tmp" in name and not name.isdigit():
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+      for name in paths.listdir(root):
+        if "tmp" in name and not name.isdigit():
+          try:
+            paths.rmtree(paths.join(root, name))
+          except OSError:
+            pass
 
   def should_save(self, step: int) -> bool:
     """Whether `step` is a periodic save step (and not saved yet)."""
@@ -324,7 +330,7 @@ class RunCheckpointer:
 
   def all_steps(self, reload: bool = True) -> list[int]:
     if self.manager is None:
-      return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+      return sorted(int(n) for n in paths.listdir(self.directory) if n.isdigit())
     if reload:
       self.manager.reload()
     return sorted(self.manager.all_steps())
@@ -360,7 +366,7 @@ class RunCheckpointer:
         raise CheckpointMismatch(self._mismatch(step, meta, want))
       try:
         items = dict(state=ocp.args.StandardRestore(abstract_state))  # (meta: read above)
-        has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
+        has_data = paths.isdir(paths.join(self.directory, str(step), "data"))
         if data is not None and has_data and hasattr(data, "set_state"):
           items["data"] = grain.checkpoint.CheckpointRestore(data)
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
@@ -412,9 +418,9 @@ class RunCheckpointer:
   def set_aside(self, step: int) -> str:
     """Renames checkpoint `step` to suspect-<step>-<time> (kept, no longer resumed from)."""
     self.manager.wait_until_finished()
-    dest = os.path.join(self.directory, f"suspect-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-    _by_process_0(lambda: os.path.isdir(os.path.join(self.directory, str(step))) and os.rename(
-        os.path.join(self.directory, str(step)), dest), f"set_aside_{step}")
+    dest = paths.join(self.directory, f"suspect-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _by_process_0(lambda: paths.isdir(paths.join(self.directory, str(step))) and paths.rename(
+        paths.join(self.directory, str(step)), dest), f"set_aside_{step}")
     self.manager.reload()
     return dest
 
@@ -425,9 +431,9 @@ class RunCheckpointer:
     dest = f"{self.directory}.replaced-{stamp}"
 
     def move():
-      os.rename(self.directory, dest)
-      if os.path.isdir(self.directory + "_best"):
-        os.rename(self.directory + "_best", f"{self.directory}_best.replaced-{stamp}")
+      paths.rename(self.directory, dest)
+      if paths.isdir(self.directory + "_best"):
+        paths.rename(self.directory + "_best", f"{self.directory}_best.replaced-{stamp}")
 
     _by_process_0(move, "archive")
     self._open()

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 from typing import Optional
 
 from absl import logging
 
+from ibmd_jax import paths
 from ibmd_jax.errors import ConfigError, RunError, WorkdirLocked
 
 MODES = ("teacher", "distill", "eval", "pipeline", "compile")  # run modes (ibmd_jax.run)
@@ -79,20 +79,9 @@ def check_config(config) -> None:
 
 
 def check_workdir(workdir: str) -> str:
-  """The absolute workdir, created if needed; RunError when it is a file or not writable."""
-  if not workdir:
-    raise ConfigError("--workdir is empty: pass the run directory")
-  path = os.path.abspath(workdir)
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise RunError(f"workdir {path} is a file, not a directory: pass another --workdir")
-  try:
-    os.makedirs(path, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test"):
-      pass
-  except OSError as e:
-    raise RunError(f"workdir {path} is not writable ({e.strerror or e}): fix its permissions or "
-                   "pass another --workdir") from None
-  return path
+  """The workdir as the run names it (local: absolute; gs://: kept), created if needed, after a
+  test write; one clear error when it cannot be used (ibmd_jax.paths.check_workdir)."""
+  return paths.check_workdir(workdir)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -106,13 +95,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 class WorkdirLock:
-  """<workdir>/.lock: {host, pid, started}; taken atomically (O_EXCL), refreshed every
-  heartbeat_s by a daemon thread, released on exit."""
+  """<workdir>/.lock: {host, pid, started}; taken atomically (O_EXCL) on a local disk, by
+  write-and-read-back in a bucket (ibmd_jax.paths.create_exclusive), refreshed every heartbeat_s
+  by a daemon thread, released on exit."""
 
   NAME = ".lock"
 
   def __init__(self, workdir: str, stale_s: float = 300.0, heartbeat_s: Optional[float] = None):
-    self.path = os.path.join(os.path.abspath(workdir), self.NAME)
+    self.path = paths.join(workdir, self.NAME)
     self.stale_s = float(stale_s)
     self.heartbeat_s = heartbeat_s or max(min(self.stale_s / 4, 30.0), 0.05)
     self.held = False
@@ -121,15 +111,10 @@ class WorkdirLock:
 
   def _holder(self) -> tuple[dict, float]:
     try:
-      with open(self.path) as f:
-        info = json.load(f)
+      info = json.loads(paths.read_text(self.path))
     except (OSError, ValueError):
       info = {}
-    try:
-      age = time.time() - os.path.getmtime(self.path)
-    except OSError:
-      age = 0.0
-    return info, age
+    return info, paths.age_s(self.path)
 
   def _stale(self, info: dict, age: float) -> Optional[str]:
     """Why the holder is gone (None when it may be alive)."""
@@ -144,30 +129,30 @@ class WorkdirLock:
     me = {"host": socket.gethostname(), "pid": os.getpid(),
           "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     for _ in range(3):
-      try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
+      if not paths.create_exclusive(self.path, json.dumps(me)):
         info, age = self._holder()
         why = self._stale(info, age)
         if why is None:
           raise WorkdirLocked(
-              f"workdir {os.path.dirname(self.path)} is in use by the run of process "
+              f"workdir {paths.dirname(self.path)} is in use by the run of process "
               f"{info.get('pid', '?')} on host {info.get('host', '?')} (started "
               f"{info.get('started', '?')}; lock {self.path}): wait for it to finish, stop it, or "
               "pass another --workdir") from None
-        # take over: one process wins the rename, the others retry and find the new lock
-        aside = f"{self.path}.stale.{os.getpid()}"
+        # take over: locally one process wins the rename, the others retry and find the new lock;
+        # in a bucket the stale lock is removed and the next create decides
         try:
-          os.rename(self.path, aside)
-          os.remove(aside)
+          if paths.is_remote(self.path):
+            paths.remove(self.path)
+          else:
+            aside = f"{self.path}.stale.{os.getpid()}"
+            os.rename(self.path, aside)
+            os.remove(aside)
           logging.warning("taking over the lock %s of process %s on %s: %s", self.path,
                           info.get("pid", "?"), info.get("host", "?"), why)
           print(f"warning: took over a stale workdir lock ({why})", flush=True)
         except FileNotFoundError:
           pass
         continue
-      with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
       self.held = True
       self._thread = threading.Thread(target=self._beat, daemon=True)
       self._thread.start()
@@ -177,8 +162,8 @@ class WorkdirLock:
   def _beat(self):
     while not self._stop.wait(self.heartbeat_s):
       try:
-        os.utime(self.path)
-      except OSError:
+        paths.touch(self.path)
+      except Exception:  # pylint: disable=broad-except  # a missed beat is retried
         pass
 
   def release(self):
@@ -190,7 +175,7 @@ class WorkdirLock:
     info, _ = self._holder()
     if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
       try:
-        os.remove(self.path)
+        paths.remove(self.path)
       except OSError:
         pass
     self.held = False
@@ -218,7 +203,7 @@ def acquire_on_process_0(lock: WorkdirLock) -> None:
 
     held = bool(multihost_utils.broadcast_one_to_all(np.asarray(error is not None)))
     if held and error is None:
-      error = WorkdirLocked(f"workdir {os.path.dirname(lock.path)} is in use by another run "
+      error = WorkdirLocked(f"workdir {paths.dirname(lock.path)} is in use by another run "
                             "(process 0 of this run found its lock)")
   if error is not None:
     raise error

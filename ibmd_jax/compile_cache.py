@@ -18,6 +18,8 @@ from typing import Optional
 
 import jax
 
+from ibmd_jax import paths
+
 OFF = ("", "off", "none", "false", "0")
 
 
@@ -35,11 +37,11 @@ def resolve(setting: Optional[str], workdir: Optional[str] = None) -> Optional[s
     if not workdir:
       raise ValueError("compilation cache 'workdir' needs a workdir; pass a directory path, "
                        "'user' or 'off' instead")
-    return os.path.join(os.path.abspath(workdir), "jax_cache")
+    return paths.join(workdir, "jax_cache")  # a gs:// workdir's cache is in the bucket
   if s == "user":
     return os.environ.get("IBMD_JAX_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "ibmd_jax", "jax_cache")
-  return os.path.abspath(os.path.expandvars(os.path.expanduser(s)))
+  return paths.resolve(os.path.expandvars(s))
 
 
 def enable(cache_dir: Optional[str], min_compile_time_s: float = 1.0,
@@ -54,7 +56,7 @@ def enable(cache_dir: Optional[str], min_compile_time_s: float = 1.0,
   if min_compile_time_s < 0:
     raise ValueError(f"min_compile_time_s must be >= 0, got {min_compile_time_s}")
   try:
-    os.makedirs(cache_dir, exist_ok=True)
+    paths.makedirs(cache_dir)
   except OSError as e:
     raise ValueError(f"cannot create the compilation cache directory {cache_dir!r} ({e}); "
                      "choose another with --compilation_cache=<dir> or turn it off with "

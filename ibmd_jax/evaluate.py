@@ -10,7 +10,6 @@ the group "teacher", the others "teacher_eta<η>". Toys also sample their closed
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Optional
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from ibmd_jax import api, report
 from ibmd_jax import options as options_lib
+from ibmd_jax import paths
 from ibmd_jax import sharding as shd
 from ibmd_jax import state as state_lib
 from ibmd_jax.ibmd import IBMD
@@ -187,11 +187,11 @@ def evaluate(opts: options_lib.RunOptions, workdir: str, task: Task, teacher_par
     writer.write("eval", opts.distill.rounds if step is None else step,
                  flat_metrics(results), echo=False)
   if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    artifacts = scorer.artifacts(out_dir, results)
-    table = report.write_report(out_dir, results, scorer.columns, scorer.header(results),
-                                scorer.plot_panels(results), artifacts)
+    # written locally (plots, image grids, npz) and copied to a gs:// workdir at the end
+    with paths.staged(paths.join(workdir, "eval")) as out_dir:
+      artifacts = scorer.artifacts(out_dir, results)
+      table = report.write_report(out_dir, results, scorer.columns, scorer.header(results),
+                                  scorer.plot_panels(results), artifacts)
     print(table, flush=True)
   return results
 

@@ -16,7 +16,6 @@ tests that start from one.)
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import jax
@@ -26,6 +25,7 @@ from ibmd_jax import api, checks
 from ibmd_jax import checkpointing as ckpt
 from ibmd_jax import evaluate as evaluate_lib
 from ibmd_jax import options as options_lib
+from ibmd_jax import paths
 from ibmd_jax import programs
 from ibmd_jax import sharding as shd
 from ibmd_jax import steps
@@ -41,10 +41,9 @@ MODES = checks.MODES
 
 
 def save_config(config, workdir: str):
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
 def teacher_meta(opts: RunOptions, task: Task) -> dict:
@@ -65,12 +64,12 @@ def train_teacher(opts: RunOptions, workdir: str, task: Task, writer: MetricWrit
               data=task.train_data("teacher", tc.batch_size), total=tc.steps,
               total_name="teacher.steps", fingerprint=opts.fingerprint,
               **opts.safety.as_kwargs(),
-              directory=os.path.join(workdir, "teacher_checkpoints"), mesh=mesh,
+              directory=paths.join(workdir, "teacher_checkpoints"), mesh=mesh,
               key=jax.random.fold_in(key, 1), batch_size=1, rate_name="steps_per_s",
               save_every=tc.save_every, keep=opts.checkpoint.keep,
               log_every=opts.log_every, deadline=deadline)
   state = run_loop(loop, writer)
-  teacher_io.save_teacher(os.path.join(workdir, "teacher"), state.ema, teacher_meta(opts, task))
+  teacher_io.save_teacher(paths.join(workdir, "teacher"), state.ema, teacher_meta(opts, task))
   return state.ema
 
 
@@ -81,8 +80,8 @@ def get_teacher(opts: RunOptions, workdir: str, task: Task, writer: MetricWriter
   trained; in the training modes, one trained for fewer than teacher.steps is trained on."""
   opts = options_lib.from_config(opts)
   tc = opts.teacher
-  path = tc.checkpoint or os.path.join(workdir, "teacher")
-  if tc.source == "checkpoint" or os.path.exists(os.path.join(path, teacher_io.TEACHER_META)):
+  path = tc.checkpoint or paths.join(workdir, "teacher")
+  if tc.source == "checkpoint" or paths.exists(paths.join(path, teacher_io.TEACHER_META)):
     meta = teacher_io.read_teacher_meta(path)
     why = teacher_io.teacher_mismatch(meta, opts.task)
     if why:
@@ -148,10 +147,10 @@ def init_distill_state(opts: RunOptions, task: Task, teacher_params, mesh=None):
 
 def saved_generator(opts: RunOptions, workdir: str, task: Task, teacher_params, mesh):
   """The EMA generator of the newest distillation checkpoint in the workdir, or None."""
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if not paths.isdir(paths.join(workdir, "checkpoints")):
     return None
   planned, _, _ = _plan_distill_state(opts, task, teacher_params, mesh)
-  manager = ckpt.RunCheckpointer(os.path.join(workdir, "checkpoints"))
+  manager = ckpt.RunCheckpointer(paths.join(workdir, "checkpoints"))
   try:
     _, restored, _ = manager.restore_latest(planned.abstract)
   finally:

@@ -9,13 +9,13 @@ teacher cannot serve a run (network, bridge, data setup, input width, time input
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Optional
 
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ibmd_jax import paths
 from ibmd_jax.bridges import Bridge
 from ibmd_jax.errors import MissingPath, UnreadableCheckpoint
 from ibmd_jax.models import model_defaults, resolve_model_config
@@ -25,37 +25,34 @@ TEACHER_META = "teacher.json"
 
 def save_teacher(directory: str, params: Any, meta: dict) -> None:
   """Writes params (Orbax) and meta (JSON: model config, bridge, source) to directory."""
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
+  directory = paths.resolve(directory)
+  paths.makedirs(directory)
   json.dumps(meta)  # fail before writing anything if meta is not JSON-serialisable
-  params_dir = os.path.join(directory, "params")
+  params_dir = paths.for_orbax(paths.join(directory, "params"))  # Orbax writes gs:// itself
   with ocp.StandardCheckpointer() as ckptr:  # sharded arrays are written shard by shard
     ckptr.save(params_dir, params, force=True)
-  with open(os.path.join(directory, TEACHER_META + ".tmp"), "w") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(os.path.join(directory, TEACHER_META + ".tmp"), os.path.join(directory, TEACHER_META))
+  paths.write_text(paths.join(directory, TEACHER_META), json.dumps(meta, indent=2))
 
 
 def read_teacher_meta(directory: str) -> dict:
   """teacher.json of a teacher checkpoint; clear errors when it is absent."""
-  directory = os.path.abspath(directory)
-  meta_path = os.path.join(directory, TEACHER_META)
-  if not os.path.isdir(directory):
+  directory = paths.resolve(directory)
+  meta_path = paths.join(directory, TEACHER_META)
+  if not paths.isdir(directory):
     raise MissingPath(
         f"teacher checkpoint directory {directory} does not exist: train one with "
         "--config.mode=teacher, or convert a PyTorch checkpoint with `python -m launch.convert`")
-  if not os.path.exists(meta_path) or not os.path.isdir(os.path.join(directory, "params")):
+  if not paths.exists(meta_path) or not paths.isdir(paths.join(directory, "params")):
     raise MissingPath(
         f"{directory} is not a teacher checkpoint: expected {TEACHER_META} and params/ inside")
-  with open(meta_path) as f:
-    return json.load(f)
+  return json.loads(paths.read_text(meta_path))
 
 
 def load_teacher(directory: str, target: Optional[Any] = None) -> tuple[Any, dict]:
   """Reads a teacher written by save_teacher (or launch.convert): (params, meta). target:
   ShapeDtypeStructs (with shardings) to restore into; clear errors when absent."""
   meta = read_teacher_meta(directory)
-  params_dir = os.path.join(os.path.abspath(directory), "params")
+  params_dir = paths.for_orbax(paths.join(directory, "params"))
   with ocp.StandardCheckpointer() as ckptr:
     try:
       params = ckptr.restore(params_dir, target) if target is not None else ckptr.restore(params_dir)

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from ibmd_jax import paths
 from ibmd_jax.errors import DISK_ERRNOS, DiskFullError
 
 try:  # TensorBoard event files without TensorFlow; optional
@@ -24,15 +25,19 @@ class MetricWriter:
   """Appends {"mode", "step", metrics...} rows to metrics.jsonl and TensorBoard (process 0 only)."""
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = paths.join(workdir, "metrics.jsonl")
     self.active = jax.process_index() == 0
     self.tb = None
     if self.active:
-      os.makedirs(workdir, exist_ok=True)
+      paths.makedirs(workdir)
       if SummaryWriter is None:
         logging.warning("tensorboardX is not installed: metrics go to metrics.jsonl only")
+      elif paths.is_remote(workdir):
+        logging.info("TensorBoard events are written in local workdirs only: the rows are in %s",
+                     self.path)
       else:
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+        self.tb = SummaryWriter(os.path.join(paths.resolve(workdir), "tensorboard"),
+                                flush_secs=10)
 
   def close(self):
     if self.tb is not None:
@@ -43,26 +48,21 @@ class MetricWriter:
     """Drops the rows of `modes` logged after `after_step` (by a run that was interrupted and is
     now resumed from after_step) from metrics.jsonl, so that it reads like one uninterrupted run;
     they are appended to metrics.superseded.jsonl. Returns how many rows moved."""
-    if not self.active or not os.path.exists(self.path):
+    if not self.active or not paths.exists(self.path):
       return 0
     keep, moved = [], []
-    with open(self.path) as f:
-      for line in f:
-        try:
-          row = json.loads(line)
-        except ValueError:  # a line cut by a kill: superseded too
-          moved.append(line if line.endswith("\n") else line + "\n")
-          continue
-        (moved if row.get("mode") in modes and row.get("step", 0) > after_step else keep).append(
-            line)
+    for line in paths.read_text(self.path).splitlines(keepends=True):
+      try:
+        row = json.loads(line)
+      except ValueError:  # a line cut by a kill: superseded too
+        moved.append(line if line.endswith("\n") else line + "\n")
+        continue
+      (moved if row.get("mode") in modes and row.get("step", 0) > after_step else keep).append(
+          line)
     if not moved:
       return 0
-    with open(self.path[:-len(".jsonl")] + ".superseded.jsonl", "a") as f:
-      f.writelines(moved)
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(keep)
-    os.replace(tmp, self.path)
+    paths.append_text(self.path[:-len(".jsonl")] + ".superseded.jsonl", "".join(moved))
+    paths.write_text(self.path, "".join(keep))  # whole or not at all
     return len(moved)
 
   def write(self, mode: str, step: int, metrics: dict, echo: bool = True):
@@ -71,8 +71,7 @@ class MetricWriter:
     if not self.active:
       return
     try:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+      paths.append_text(self.path, json.dumps(row) + "\n")
     except OSError as e:
       if e.errno in DISK_ERRNOS:
         raise DiskFullError(f"could not append to {self.path} ({os.strerror(e.errno)}): free some "

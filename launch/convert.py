@@ -49,6 +49,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from absl import logging
 
+  from ibmd_jax import paths
   from ibmd_jax import teacher_io as checkpoint
   from ibmd_jax import convert
   from ibmd_jax.models.unet import PRESETS
@@ -65,6 +66,11 @@ def main(argv):
     with open(_ADM_KWARGS.value) as f:
       adm = json.load(f)
     kwargs = convert.config_from_adm_kwargs(adm.get("kwargs", adm))
+  from ibmd_jax.errors import RunError
+  try:  # the destination first: a bucket that cannot be written is said before any work
+    paths.check_workdir(_WORKDIR.value)
+  except RunError as e:
+    sys.exit(f"error: {e}")
   try:
     state_dict, picked = convert.load_state_dict(_SRC.value, use_ema=_USE_EMA.value)
     params, report = convert.convert(state_dict, kwargs, _FAMILY.value)
@@ -84,10 +90,10 @@ def main(argv):
         f"weights: {picked}; family {report['family']}, c_noise convention {report['c_noise']}, "
         f"{report['in_channels']} input channels")
 
-  directory = os.path.join(_WORKDIR.value, "teacher")
+  directory = paths.join(_WORKDIR.value, "teacher")  # a local folder or gs://bucket/...
   checkpoint.save_teacher(directory, params, teacher_meta(kwargs, report, _SRC.value, picked))
-  with open(os.path.join(directory, "conversion.json"), "w") as f:
-    json.dump(dict(report, source=os.path.abspath(_SRC.value), source_weights=picked), f, indent=1)
+  paths.write_text(paths.join(directory, "conversion.json"), json.dumps(
+      dict(report, source=os.path.abspath(_SRC.value), source_weights=picked), indent=1))
   print(f"teacher written to {directory}")
 
 

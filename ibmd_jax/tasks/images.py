@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ibmd_jax import data
+from ibmd_jax import paths
 from ibmd_jax import report
 from ibmd_jax import sharding as shd
 from ibmd_jax.bridges import Bridge
@@ -212,7 +214,11 @@ class ImageScorer:
                        "data.class_conditional=True on a dataset that has them (tfds "
                        "imagenet2012, a folder with one subfolder per class)")
     rep, bsh = shd.replicated(mesh), shd.batch_sharding(mesh)
-    self.cache = os.path.join(workdir, "eval", "ref_stats")
+    # the reference statistics are read back in place: kept in a gs:// workdir's run only for
+    # this process (a local folder), in a local workdir across runs
+    local = paths.local_dir(workdir)
+    self.cache = (os.path.join(local, "eval", "ref_stats") if local else
+                  os.path.join(tempfile.gettempdir(), "ibmd_jax_ref_stats"))
     self.ref_name = evset.name()
     self.scales = pixel_scales(size)
     self.tags = {"pixel": "pixel_features_s" + "-".join(map(str, self.scales)),
@@ -480,10 +486,10 @@ class ImageTask:
           mask=batch.get("mask"))
       cols.append((f"teacher NFE {nfe}", np.asarray(out)[:n]))
     cols.append(("reference", batch["x0"][:n]))
-    path = os.path.join(workdir, "eval", "teacher_grid.png")
+    path = paths.join(workdir, "eval", "teacher_grid.png")
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      report.save_grid(path, cols, rows)
+      with paths.staged(paths.join(workdir, "eval")) as out_dir:
+        report.save_grid(os.path.join(out_dir, "teacher_grid.png"), cols, rows)
       print(f"[teacher] sample grid (NFE {', '.join(str(v) for v in ec['grid_nfes'])}): {path}",
             flush=True)
     return path

@@ -463,3 +463,85 @@ def test_compile_mode_without_the_launchers_driver_names_it(tmp_path):
   with pytest.raises(ConfigError, match=r"launch\.main .*--config\.mode=compile.*tools\.aot\.run"):
     run.run(_config("v5e:2x2"), str(tmp_path))
   assert not (tmp_path / "aot.json").exists()
+
+
+def test_a_search_over_teacher_dtype_and_microbatches_prints_the_complete_pod_command(
+    tmp_path, monkeypatch):
+  """aot.search_teacher_dtype / aot.search_microbatches: a level is compiled at a (mesh, batch)
+  only where the earlier ones do not fit; the winner's overrides carry it, and the pod command
+  carries the user's own overrides, every choice that decides the program, and the mode that
+  runs it (not compile mode's settings)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from tools import aot
+  monkeypatch.setattr(aot, "topology_devices", lambda t: list(range(4)))
+  seen = []
+
+  def one(config, devices, fsdp, remat, per_chip, program, chip, hbm, options=None):
+    seen.append((per_chip, remat))
+    _, extra = aot.split_variant(remat)
+    bf16 = extra["distill.teacher_dtype"] == "bfloat16"
+    total = int(2.5e9 + per_chip * 1e9 / extra["distill.microbatches"] - 1e9 * bf16)
+    got = aot.Compiled(name=program, argument=total, output=0, alias=0, temp=0, code=0,
+                       flops=(per_chip + 1) * 1e12, bytes_accessed=0.0, optimal_seconds=None,
+                       collective=0, compile_s=0.0, images=per_chip * len(devices))
+    return dict(fsdp=fsdp, remat=remat, per_chip=per_chip, **aot.dataclasses.asdict(got),
+                total=total, fits=total <= 4e9, **aot.estimate(got, chip, len(devices)))
+
+  monkeypatch.setattr(aot, "_search_one", one)
+  monkeypatch.setattr(sys, "argv", [
+      "launch/main.py", "--config=configs/bench64.py:inpaint,tiny", "--workdir=plans/x",
+      "--config.mode=compile", "--config.aot.search=True", "--config.aot.topology=v5e:2x2",
+      "--config.distill.rounds=77", "--config.mesh.fsdp=1"])
+  c = load_config("bench64", "inpaint,tiny")
+  c.aot.search, c.aot.topology = True, "v5e:2x2"
+  c.aot.search_fsdp, c.aot.search_remat, c.aot.search_batches = (4,), ("full",), (2, 4)
+  c.aot.search_teacher_dtype, c.aot.search_microbatches = ("float32", "bfloat16"), (1, 2)
+  report = aot.search(c, str(tmp_path))
+  lv = lambda td, mb: f"full,teacher_dtype={td},microbatches={mb}"
+  # per chip 2: float32 with 2 microbatches fits, so bfloat16 is never compiled there; at 4,
+  # float32 with 1 microbatch is not tried (it failed at 2) and bfloat16 is needed
+  assert seen == [(2, lv("float32", 1)), (2, lv("float32", 2)), (4, lv("float32", 2)),
+                  (4, lv("bfloat16", 1)), (4, lv("bfloat16", 2))], seen
+  best = report["best"]
+  assert best["per_chip"] == 4 and best["overrides"] == [
+      "--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.model.remat=full",
+      "--config.distill.teacher_dtype=bfloat16", "--config.distill.microbatches=2",
+      "--config.distill.batch_size=16"]
+  pod = best["pod_command"].split()
+  assert pod[pod.index("launch/tpu_pod.sh") + 1] == "configs/bench64.py:inpaint,tiny"
+  assert "--config.distill.rounds=77" in pod and "--config.mesh.fsdp=1" not in pod
+  assert "--config.distill.split_round=False" in pod and pod[-1] == "--config.mode=distill"
+  assert not [w for w in pod if "aot." in w or w == "--config.mode=compile"]
+  assert best["pod_command"] in (tmp_path / "aot_search.md").read_text()
+
+
+@needs_libtpu
+def test_the_round_estimate_counts_every_critic_step(tmp_path):
+  """XLA counts the critic steps' scan body once, so a round with L = 5 and one with L = 1 have the
+  same XLA FLOPs; the estimate counts the critic program L times (split round, from its own
+  count), and the estimated round time grows as the round's FLOPs do. The fused round (one
+  program) gets the same growth from the forward-unit model, checked here against the split
+  programs' own counts."""
+  from tools import aot
+  from configs import toy_cond
+  reps = {}
+  for split, steps in ((True, 1), (True, 5), (False, 5)):
+    c = toy_cond.get_config()
+    c.mode, c.aot.topology, c.aot.programs = "compile", "v5e:2x2", ("round",)
+    c.distill.batch_size, c.distill.split_round, c.distill.critic_steps = 8, split, steps
+    c.aot.compile_threads = 1
+    reps[split, steps] = aot.run(c, str(tmp_path / f"{split}{steps}"))["programs"]["round"]
+  s1, s5, f5 = reps[True, 1], reps[True, 5], reps[False, 5]
+  (c1, g1), (c5, g5) = ([p["flops"] for p in r["parts_cost"]] for r in (s1, s5))
+  assert c5 == pytest.approx(c1, rel=0.02) and s5["flops"] == pytest.approx(s1["flops"], rel=0.02)
+  assert s5["flops_run"] == pytest.approx(5 * c5 + g5, rel=1e-9)
+  assert s1["flops_run"] == pytest.approx(c1 + g1, rel=1e-9)
+  flops_ratio = s5["flops_run"] / s1["flops_run"]
+  assert flops_ratio > 2.2
+  assert s5["roofline_s"] / s1["roofline_s"] == pytest.approx(flops_ratio, rel=0.1), (s1, s5)
+  assert s5["images_per_s_per_chip"] < s1["images_per_s_per_chip"] / 2
+  # fused: XLA's count is one critic step + the generator step; the estimate scales it by
+  # (5 critic + generator) / (critic + generator) in forward units (critic 4, generator 7)
+  assert f5["loop_factor"] == pytest.approx(27 / 11)
+  assert f5["flops_run"] / f5["flops"] == pytest.approx((5 * c1 + g1) / (c1 + g1), rel=0.1)
+  assert "| round |" in (tmp_path / "False5" / "aot.md").read_text()
