@@ -339,29 +339,43 @@ def test_pass_times_and_the_table_are_read_from_what_xla_and_the_queue_wrote(tmp
   (root / "i2sb_v5e4").mkdir(parents=True)
   gib = 2**30
   (root / "i2sb_v5e4" / "aot.json").write_text(json.dumps({
-      "chips": 4, "mesh": {"data": 1, "fsdp": 4}, "programs": {"round": {
+      "chip": "v5e", "chips": 4, "mesh": {"data": 1, "fsdp": 4}, "programs": {"round": {
           "total": 14 * gib, "hbm": 16 * gib, "fits": True, "flops": 3e13, "roofline_s": 0.5,
+          "bytes_accessed": 4e11, "collective": 1e9, "images": 16,
           "bound": "compute", "images_per_s_per_chip": 8.0, "compile_s": 3000.0}}}))
   (root / "i2sb_v5p64").mkdir()
   (root / "i2sb_v5p64" / "failed.json").write_text(json.dumps(
       {"rc": -9, "wall_s": 10.0, "host_max_rss_gib": 23.9}))
   (root / "e2h_v5e16").mkdir()
   (root / "e2h_v5e16" / "aot.json").write_text(json.dumps({
-      "chips": 16, "mesh": {"data": 4, "fsdp": 4}, "programs": {"round": {
+      "chip": "v5e", "chips": 16, "mesh": {"data": 4, "fsdp": 4}, "programs": {"round": {
           "total": 15 * gib, "hbm": 16 * gib, "fits": True, "flops": 2e13, "roofline_s": 0.25,
+          "bytes_accessed": 3e11, "collective": 2e9, "images": 128,
           "bound": "memory", "images_per_s_per_chip": 32.0, "compile_s": 1001.0,
           "parts_s": [400.2, 590.4], "threads": 1}}}))
   (root / "e2h_v5e16" / "host.json").write_text(json.dumps(
       {"rc": 0, "wall_s": 1010.0, "host_max_rss_gib": 20.5, "host_peak_rss_swap_gib": 31.25}))
   text = tpu_table.report(str(root))
-  # three significant digits, trailing zeros kept
-  assert ("| i2sb_sr4_bicubic.py | v5e:2x2 | 1×4 | 4 | 14.00 (16) | yes | 30.0 | 0.500 (compute) | "
-          "8.00 |") in text, text
-  # a split round compiled one program after the other, the host's peak with swap
-  assert ("| ddbm_e2h64.py | v5e:4x4 | 4×4 | 8 | 15.00 (16) | yes | 20.0 | 0.250 (memory) | 32.0 | "
-          "1001 (400 + 590) | 31.2 (RSS max 20.5) |") in text, text
+  # three significant digits, trailing zeros kept; memory against v5e's usable 15.75 GiB; the
+  # round's XLA FLOPs (loop bodies once) and per round (I2SB: five critic steps, x2.375 by the
+  # FLOP model); the roofline of the round (HBM: 4e11 B x 2.375 / 819 GB/s = 1.16 s), and the
+  # first published estimate (the record's own, 8.00) beside it
+  assert ("| i2sb_sr4_bicubic.py | v5e:2x2 | 1×4 | 4 | 14.00 (15.75) | 1.75 | yes | 30.0 → 71.3 |"
+          ) in text, text
+  assert "| 1.16 (memory) | 3.45 | 8.00 | 3000 |" in text, text
+  # a split round compiled one program after the other, the host's peak with swap (E→H: x2.439;
+  # HBM: 3e11 B x 2.439 / 819 GB/s = 0.893 s -> 8 per chip / 0.893 s = 8.95 images/s)
+  assert ("| ddbm_e2h64.py | v5e:4x4 | 4×4 | 8 | 15.00 (15.75) | 0.75 | yes | 20.0 → 48.8 |"
+          ) in text, text
+  assert "| 0.893 (memory) | 8.95 | 32.0 | 1001 (400 + 590) | 31.2 (RSS max 20.5) |" in text, text
   assert "failed (rc -9, host RSS 23.9 GiB)" in text and "not compiled yet" in text
-  assert "launch/tpu_pod.sh configs/i2sb_sr4_bicubic.py --config.mesh.fsdp=4" in text
+  # the pod command: the teacher and data in the bucket, every compiled choice, the mode
+  assert ("launch/tpu_pod.sh configs/i2sb_sr4_bicubic.py "
+          "'--config.teacher.checkpoint=gs://<bucket>/teachers/i2sb_sr4_bicubic/teacher' "
+          "'--config.data.tfds_data_dir=gs://<bucket>/tfds' --config.mesh.fsdp=4 "
+          "--config.distill.batch_size=16 --config.model.remat=full "
+          "--config.distill.teacher_dtype=bfloat16 --config.distill.microbatches=1 "
+          "--config.distill.split_round=False --config.mode=distill") in text, text
 
 
 @needs_libtpu
