@@ -378,9 +378,9 @@ class RunCheckpointer:
         failures.append(self._skip(step, f"non-finite values in {', '.join(bad[:3])}"))
         continue
       if "checksum" in meta and meta["checksum"] != sums:
-        paths = [p for p, a, b in zip(want, meta["checksum"], sums) if a != b]
+        differ = [p for p, a, b in zip(want, meta["checksum"], sums) if a != b]
         failures.append(self._skip(step, f"its data differ from what was saved (checksum of "
-                                         f"{', '.join(paths[:3])})"))
+                                         f"{', '.join(differ[:3])})"))
         continue
       if data is not None and not has_data and meta.get("data") and hasattr(data, "set_state"):
         _set_legacy_data_state(data, meta["data"])
