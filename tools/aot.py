@@ -8,16 +8,20 @@ teacher step), ``api.round_program`` (the fused IBMD round) and the evaluator's 
 teacher at its largest NFE, the student) — on a mesh of those chips with the config's mesh
 shape, shardings, donation, dtype and remat, lowered from ShapeDtypeStructs (nothing is
 allocated) and compiled by XLA's TPU compiler. Per program and chip: argument / output / alias /
-temporary bytes and their total against the chip's HBM; XLA's FLOPs, bytes accessed and
+temporary bytes and their total against the HBM libtpu lets a program use (tools/chips.py);
+XLA's FLOPs, bytes accessed and
 ``optimal_seconds``; the bytes its collectives (all-gather, reduce-scatter, all-reduce, ...) move
 per chip, read off the compiled HLO; a roofline estimate (the largest of FLOPs ÷ peak, HBM bytes
 ÷ HBM bandwidth and collective bytes ÷ inter-chip bandwidth) of step time and images per second per chip; the compile time. ``<workdir>/aot.json`` and
 ``aot.md`` hold them; a program that does not fit makes the run exit 1, naming it and the bytes
 missing.
 
-XLA's cost analysis counts the body of a loop once: the fused round runs its critic steps in a
-``scan`` and the samplers their NFE steps in a loop, so "TFLOP / chip" is XLA's count with each
-loop body once (for the round: one critic step and the generator step), labelled so in aot.md.
+XLA's cost analysis counts the body of a loop once: the round runs its critic steps in a ``scan``
+(and a multi-step generator's chain, gradient accumulation's microbatches), the samplers their
+steps in one, so XLA's "TFLOP / chip" holds one of each. The estimates scale each program by what
+it runs ÷ what XLA counted (``loop_factors``, tools/loops.py; a split round: each of its two
+programs by its own factor, from its own counts), so that a round with 5 critic steps is estimated
+at its 5 critic steps. aot.md shows XLA's count, the factor and the FLOPs per call.
 """
 from __future__ import annotations
 
