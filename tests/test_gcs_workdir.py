@@ -47,7 +47,8 @@ def test_a_gs_workdir_run_writes_into_the_bucket_and_resumes(tmp_path, monkeypat
 def test_an_unusable_gs_workdir_is_refused_before_any_work(tmp_path):
   # no gcsfs here: the launcher says so in one line, and nothing is written
   env = dict(os.environ, PYTHONPATH=REPO)
-  r = subprocess.run([sys.executable, "-m", "launch.main", "--config=configs/toy_cond.py",
+  r = subprocess.run([sys.executable, "-m", "launch.main",
+                      f"--config={os.path.join(REPO, 'configs', 'toy_cond.py')}",
                       "--workdir=gs://bucket/run"], cwd=str(tmp_path), env=env,
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2, r.stderr
