@@ -52,6 +52,10 @@ def i2sb_tables(n_steps: int = 1000, beta_max: float = 0.3, linear_start: float 
       mu_x0=std_bwd**2 / denom,
       mu_x1=std_fwd**2 / denom,
       std_sb=np.sqrt(std_fwd**2 * std_bwd**2 / denom),
+      # DBIM's get_abc on this schedule (α = 1, ρ = std_fwd, ρ̄ = std_bwd, ρ_T = std_fwd[-1]).
+      dbim_a=std_fwd**2 / std_fwd[-1]**2,
+      dbim_b=std_bwd**2 / std_fwd[-1]**2,
+      dbim_c=std_fwd * std_bwd / std_fwd[-1],
       # I2SB's network time input: noise_levels = linspace(1e-4, 1, n) * n.
       noise_levels=np.linspace(linear_start, 1.0, n_steps) * n_steps,
   )
@@ -73,6 +77,10 @@ class Bridge:
   beta_max: float = 0.3
   linear_start: float = 1e-4
   ot_ode: bool = False
+  # The bridge coefficients on the I2SB schedule: 'i2sb' (I2SB's q_sample: μ_x0, μ_x1, std_sb from
+  # std_fwd² + std_bwd²) or 'dbim' (DBIM's I2SBNoiseSchedule.get_abc: ρ_T = std_fwd[-1], ρ̄ =
+  # std_bwd; its DBIM teachers were trained and sample with these; up to 9e-4 apart at β_max 1).
+  i2sb_coeffs: str = "i2sb"
   # VP (DDBM defaults)
   vp_beta_min: float = 0.1
   vp_beta_d: float = 2.0
@@ -99,6 +107,8 @@ class Bridge:
       raise ValueError(f"bridge.kind must be one of {KINDS}, got {self.kind!r}")
     if self.precond not in PRECONDS:
       raise ValueError(f"bridge.precond must be one of {PRECONDS}, got {self.precond!r}")
+    if self.i2sb_coeffs not in ("i2sb", "dbim"):
+      raise ValueError(f"bridge.i2sb_coeffs must be 'i2sb' or 'dbim', got {self.i2sb_coeffs!r}")
     if self.kind == "i2sb" and self.n_steps % 2:
       raise ValueError(f"I2SB's symmetric schedule needs an even n_steps, got {self.n_steps}")
     if self.cov_xy and (self.precond != "edm" or abs(self.cov_xy) >= self.sigma_data**2):
@@ -160,8 +170,10 @@ class Bridge:
     """(a_t, b_t, c_t) with x_t = a_t xT + b_t x0 + c_t ε."""
     t = jnp.asarray(t, jnp.float32)
     if self.kind == "i2sb":
-      c = jnp.zeros_like(t) if self.ot_ode else self._lookup("std_sb", t)
-      return self._lookup("mu_x1", t), self._lookup("mu_x0", t), c
+      names = ("mu_x1", "mu_x0", "std_sb") if self.i2sb_coeffs == "i2sb" else (
+          "dbim_a", "dbim_b", "dbim_c")
+      c = jnp.zeros_like(t) if self.ot_ode else self._lookup(names[2], t)
+      return self._lookup(names[0], t), self._lookup(names[1], t), c
     alpha, sigma = self.alpha_sigma(t)
     alpha_T, _ = self.alpha_sigma(jnp.full_like(t, self.T))
     r = self._rho2(t) / self._rho2(jnp.full_like(t, self.T))

@@ -249,3 +249,17 @@ def test_jpeg_differs_from_i2sb_jpeg():
     diff = np.abs(nchw(degradations.jpeg(img, q)) - npz[f"jpeg{q}"])
     print(f"jpeg{q}: max |Δ| {diff.max():.2f}, mean {diff.mean():.3f}")
     assert diff.mean() > 0.01  # flips to a parity assertion once the codec is I2SB's
+
+
+def test_dbim_i2sb_schedule_coefficients():
+  """DBIM's I2SBNoiseSchedule.get_abc (its teachers on the I2SB schedule): Bridge(i2sb_coeffs=
+  'dbim'), at DBIM's continuous t ↦ step round(999 t). I2SB's own coefficients differ from these."""
+  npz = _load("sampler_dbim")
+  t = npz["i2sb_schedule/t"]
+  steps = jnp.asarray(np.round(999 * t), jnp.float32)
+  ours = Bridge(kind="i2sb", beta_max=1.0, i2sb_coeffs="dbim").coeffs(steps)
+  i2sb = Bridge(kind="i2sb", beta_max=1.0).coeffs(steps)
+  for name, o, i in zip("abc", ours, i2sb):
+    ref = npz[f"i2sb_schedule/{name}"]
+    np.testing.assert_allclose(o, ref, rtol=2e-6, atol=1e-7)
+    assert _maxdiff(i, ref) > 1e-4, name

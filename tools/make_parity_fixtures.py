@@ -264,6 +264,17 @@ def sampler_dbim(ref):
   den = kd.KarrasDenoiser(kd.VPNoiseSchedule(beta_d=2, beta_min=0.1), None, t_max=1.0,
                           t_min=1e-4, loss_norm="l2")
   _patched_karras(kd, den, 1.0)
+  # DBIM's I2SB-schedule bridge coefficients (its .cuda() calls made a no-op on this CPU run)
+  cuda = torch.Tensor.cuda
+  torch.Tensor.cuda = lambda self, *a, **k: self
+  try:
+    ns = kd.I2SBNoiseSchedule(n_timestep=1000, beta_min=0.1, beta_max=1.0)
+  finally:
+    torch.Tensor.cuda = cuda
+  t = torch.tensor([1e-4, 0.0375, 0.25, 0.5, 0.77, 0.999, 1.0], dtype=torch.float64)
+  out["i2sb_schedule/t"] = t.numpy()
+  for name, v in zip("abc", ns.get_abc(t)):
+    out[f"i2sb_schedule/{name}"] = v.numpy()
   global REC
   for eta in (0.0, 0.5, 1.0):
     for nfe in NFES:
