@@ -43,7 +43,10 @@ FAMILIES = {
                  teacher_etas=(1.0, 0.0)),
     # DBIM's ImageNet inpainting teacher (DDBM code): I2SB schedule with β_max 1.0, stochastic
     # bridge, ε preconditioning (c_out = −σ_t), xT concatenated and class-conditional.
-    "dbim": dict(conditional=True, bridge=dict(kind="i2sb", precond="eps", beta_max=1.0),
+    # Its bridge coefficients are DBIM's (I2SBNoiseSchedule.get_abc), which its teachers were
+    # trained and sample with (tests/test_parity.py; docs/image_tasks.md).
+    "dbim": dict(conditional=True, bridge=dict(kind="i2sb", precond="eps", beta_max=1.0,
+                                               i2sb_coeffs="dbim"),
                  optimizer="radam", lr=3e-6, critic_steps=1, multistep="dmd2",
                  teacher_lr=1e-4, teacher_ema=0.9999, teacher_decay="constant",
                  teacher_etas=(1.0, 0.0)),
