@@ -45,8 +45,12 @@ NETS = {
 
 
 def _config(net: str, variant: str):
+  """variant: '+'-joined model options (key=value, or a bare conv_grad value); 'scan' / 'unroll'
+  pick the round's critic loop (steps.make_ibmd_steps critic_unroll; default: the library's)."""
   c = NETS[net]()
   for kv in variant.split("+"):
+    if kv in ("scan", "unroll"):
+      continue
     key, _, val = kv.partition("=")
     if not _:
       key, val = "conv_grad", kv
@@ -84,7 +88,9 @@ class Bench:
                    "xT": jax.random.normal(jax.random.fold_in(kb, 1), (self.tb, size, size, ch))}
     ib = ibmd_lib.IBMD(bridge=bridge, teacher=self.net, critic=self.net, generator=self.net,
                        z_channels=self.z)
-    _, _, round_step = steps.make_ibmd_steps(ib, tx, tx)
+    parts = variant.split("+")
+    unroll = True if "unroll" in parts else False if "scan" in parts else None
+    _, _, round_step = steps.make_ibmd_steps(ib, tx, tx, critic_unroll=unroll)
     self.round = jax.jit(round_step)
     self.teacher = params
     self.istate = steps.ibmd_state(gen, params, tx, tx)
