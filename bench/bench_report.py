@@ -180,16 +180,16 @@ def grid(path: str, sets: dict, rows: dict, n: int = 8) -> None:
 BEGIN, END = "<!-- report:begin -->", "<!-- report:end -->"
 
 
-def _write_between_markers(path: str, text: str) -> None:
-  """The report replaces what lies between BEGIN and END of an existing file (a document that
+def _write_between_markers(path: str, text: str, begin: str = BEGIN, end: str = END) -> None:
+  """The report replaces what lies between `begin` and `end` of an existing file (a document that
   explains the benchmark around its numbers), else it is the whole file."""
   body = text + "\n"
   if os.path.exists(path):
     with open(path) as f:
       old = f.read()
-    if BEGIN in old and END in old:
-      head, rest = old.split(BEGIN, 1)
-      body = head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1]
+    if begin in old and end in old:
+      head, rest = old.split(begin, 1)
+      body = head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1]
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     f.write(body)

@@ -85,6 +85,10 @@ class Bridge:
   # Network preconditioning: 'eps' (I2SB: x̂0 = x_t − σ_t·F) or 'edm' (DDBM's c_in/c_skip/c_out).
   precond: str = "eps"
   sigma_data: float = 0.5
+  # 'edm': the covariance of x0 and xT the preconditioning assumes (DDBM's cov_xy; 0 = independent).
+  # σ_data²/2 makes c_skip start at xT's share at t = T, so that an untrained network (a zero head)
+  # predicts ≈ its input's content instead of grey (0).
+  cov_xy: float = 0.0
   # Time input of the network: 'default' = I2SB noise level for i2sb, 250·log t otherwise.
   c_noise_kind: str = "default"
   # λ(t): 'default' = 1/c_out(t)² (the teacher's own weighting: a plain MSE of the network output),
@@ -96,6 +100,9 @@ class Bridge:
       raise ValueError(f"bridge.kind must be one of {KINDS}, got {self.kind!r}")
     if self.precond not in PRECONDS:
       raise ValueError(f"bridge.precond must be one of {PRECONDS}, got {self.precond!r}")
+    if abs(self.cov_xy) > self.sigma_data**2:
+      raise ValueError(f"bridge.cov_xy={self.cov_xy} must lie in [-sigma_data², sigma_data²] "
+                       f"(sigma_data={self.sigma_data})")
     if self.kind == "i2sb" and self.n_steps % 2:
       raise ValueError(f"I2SB's symmetric schedule needs an even n_steps, got {self.n_steps}")
     if self.kind != "i2sb" and not 0.0 < self.t_min < self.T:
@@ -184,11 +191,11 @@ class Bridge:
       _, sigma = self.alpha_sigma(t)
       return jnp.ones_like(t), jnp.ones_like(t), -sigma
     a, b, c = self.coeffs(t)
-    sd2 = self.sigma_data**2
-    big_a = a**2 * sd2 + b**2 * sd2 + c**2
+    sd2, cov = self.sigma_data**2, self.cov_xy
+    big_a = a**2 * sd2 + b**2 * sd2 + 2.0 * a * b * cov + c**2
     c_in = jax.lax.rsqrt(big_a)
-    c_skip = b * sd2 / big_a
-    c_out = jnp.sqrt(a**2 * sd2**2 + sd2 * c**2) * c_in
+    c_skip = (b * sd2 + a * cov) / big_a
+    c_out = jnp.sqrt(a**2 * (sd2**2 - cov**2) + sd2 * c**2) * c_in
     return c_in, c_skip, c_out
 
   def c_noise(self, t: jax.Array) -> jax.Array:
