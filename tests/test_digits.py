@@ -92,6 +92,14 @@ def test_cov_xy_starts_the_vp_teacher_at_its_input_not_grey():
   sd2 = 0.25
   big_a = (a**2 + b**2) * sd2 + c**2
   np.testing.assert_allclose(plain.precond_coeffs(t)[1], b * sd2 / big_a, rtol=1e-5)
+  # with Cov(x0, xT) = cov_xy: unit-variance network input and target (DDBM's scalings)
+  a, b, c = cov.coeffs(t[:2])
+  c_in, c_skip, c_out = cov.precond_coeffs(t[:2])
+  var_xt = (a**2 + b**2) * sd2 + 2 * a * b * 0.125 + c**2
+  np.testing.assert_allclose(c_in**2 * var_xt, 1.0, rtol=1e-5)
+  cov_x0_xt = b * sd2 + a * 0.125
+  np.testing.assert_allclose((sd2 - 2 * c_skip * cov_x0_xt + c_skip**2 * var_xt) / c_out**2, 1.0,
+                             rtol=1e-4)
   # a zero head predicts x̂0 = c_skip · x_t; at t ≈ T, x_t ≈ xT: cov_xy = σ_d²/2 gives 0.5·xT
   assert float(plain.precond_coeffs(t)[1][-1]) < 1e-3
   np.testing.assert_allclose(cov.precond_coeffs(t)[1][-1], 0.5, atol=2e-3)
