@@ -17,8 +17,9 @@ every call and each finished stage's wall time). Stages:
                                             generator loss (distill.critic_weight=0): an ablation
                                             that the checks must fail on
   <task>/eval      <root>/<task>/eval/*.npz every set's restorations of the held-out digits (uint8)
-                                            and K = --diversity_k restorations of the first
-                                            --diversity_n inputs with other noise: the degraded
+                                            and eval.diversity_samples restorations of
+                                            the first eval.diversity_inputs inputs with
+                                            other noise (configs/digits.py): the degraded
                                             input, the teacher at every NFE and sampler, the
                                             student, the ablation and the never-updated generator
                                             (the control) at every evaluated step count; one file
@@ -162,8 +163,8 @@ def evaluate(args) -> int:
     np.savez(ref_path, images=degradations.to_uint8(ev["x0"]), label=ev["label"],
              input=degradations.to_uint8(np.clip(ev["xT"], -1, 1)))
   bs = int(c.eval.batch_size)
-  m = min(int(args.diversity_n), n)
-  k_div = int(args.diversity_k)
+  m = min(int(c.eval.diversity_inputs), n)
+  k_div = int(c.eval.diversity_samples)
   mask = ev.get("mask")
 
   def put(x):
@@ -360,8 +361,8 @@ def report(args) -> int:
            f"Judge: a digit classifier trained once on the 4,000 training digits "
            f"({cmeta['steps']} Adam steps), {cmeta['test_accuracy']:.3f} accuracy on the 1,000 "
            f"clean test digits. Every value [paired bootstrap 95 % interval, {args.reps} "
-           f"replicates]; diversity over {args.diversity_k} restorations of the first "
-           f"{args.diversity_n} inputs; variant {rec.get('variant', args.variant)}, overrides "
+           f"replicates]; diversity: the std over eval.diversity_samples restorations of the "
+           f"first eval.diversity_inputs inputs; variant {rec.get('variant', args.variant)}, overrides "
            f"{rec.get('sets', args.set) or 'none'}."]
   all_ok, missing, summary = True, [], {}
   for task in args.tasks:
@@ -420,8 +421,6 @@ def main(argv=None) -> int:
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="config override for every stage (repeatable), e.g. distill.rounds=100")
   p.add_argument("--reps", type=int, default=200, help="bootstrap replicates of the report")
-  p.add_argument("--diversity_k", type=int, default=4, help="restorations per input for diversity")
-  p.add_argument("--diversity_n", type=int, default=200, help="inputs diversity is measured on")
   p.add_argument("--report", default="", help="write the tables and checks to this markdown "
                  "file between the digits markers ('-': print only)")
   # the stages' own entry points (called by the stage runner)

@@ -70,6 +70,10 @@ def get_config(arg: str = "sr4"):
   c.checkpoint.every = 50
   c.eval.metrics = ("psnr", "ssim")  # the rest (classifier CA / FD, diversity): bench/digits.py
   c.eval.grid_nfes = (1, 10)
+  # diversity (bench/digits.py): the std over this many restorations with other noise, per input,
+  # on the first diversity_inputs held-out digits
+  c.eval.diversity_samples = 4
+  c.eval.diversity_inputs = 200
   if tiny:
     c.model.update(TINY_UNET)
     c.log_every = 10
@@ -83,5 +87,6 @@ def get_config(arg: str = "sr4"):
     c.checkpoint.every = 1000
     c.eval.num_images = 200
     c.eval.teacher_nfes = (1, 4)
+    c.eval.diversity_inputs = 50
     c.eval.batch_size = 100
   return c
