@@ -221,9 +221,9 @@ def evaluate(args) -> int:
       continue
     params = load()
     if params is None:
-      print(f"[digits] {task_name}/{which}: no checkpoint in {args.root}/{task_name}/{which}; "
-            "skipped", flush=True)
-      continue
+      print(f"[digits] {task_name}/{which}: no distillation checkpoint in "
+            f"{args.root}/{task_name}/{which}: run its stage first", file=sys.stderr, flush=True)
+      return 1
     params = put(params)
     for s in todo:
       def g_fn(p, xT, mk, k, s=s):
