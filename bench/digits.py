@@ -182,8 +182,9 @@ def evaluate(args) -> int:
     def draw(rep: int, count: int):
       outs, secs = [], []
       for j in range(0, count, bs):
-        xT = ev["xT"][j:j + bs]
-        mk = None if mask is None else mask[j:j + bs]
+        hi = min(j + bs, count)
+        xT = ev["xT"][j:hi]
+        mk = None if mask is None else mask[j:hi]
         kb = jax.random.fold_in(jax.random.fold_in(key, rep), j)
         t0 = time.perf_counter()
         outs.append(np.asarray(jax.block_until_ready(jfn(params, xT, mk, kb))))
