@@ -362,8 +362,9 @@ def report(args) -> int:
            f"Judge: a digit classifier trained once on the 4,000 training digits "
            f"({cmeta['steps']} Adam steps), {cmeta['test_accuracy']:.3f} accuracy on the 1,000 "
            f"clean test digits. Every value [paired bootstrap 95 % interval, {args.reps} "
-           f"replicates]; diversity: the std over eval.diversity_samples restorations of the "
-           f"first eval.diversity_inputs inputs; variant {rec.get('variant', args.variant)}, overrides "
+           f"replicates]; diversity: per input, the std over K restorations with other noise "
+           f"(K and the inputs: eval.diversity_samples / diversity_inputs, in each table's "
+           f"header); variant {rec.get('variant', args.variant)}, overrides "
            f"{rec.get('sets', args.set) or 'none'}."]
   all_ok, missing, summary = True, [], {}
   for task in args.tasks:
@@ -375,7 +376,9 @@ def report(args) -> int:
     b, rows = analyse(ref, sets, params, args.reps)
     secs = {s: rec["done"].get(f"{task}/{s}", {}).get("s") for s in STAGES}
     lines += ["", f"### digits `{task}`: {TITLES[task]}", "",
-              f"{len(ref['images'])} held-out digits; stage wall times (s): " + ", ".join(
+              f"{len(ref['images'])} held-out digits; diversity over "
+              f"{next(iter(sets.values()))['samples'].shape[0]} restorations of the first "
+              f"{next(iter(sets.values()))['samples'].shape[1]}; stage wall times (s): " + ", ".join(
                   f"{s} {v:.0f}" for s, v in secs.items() if v is not None), "",
               table(rows, sets), ""]
     res = checks(task, b, rows)
