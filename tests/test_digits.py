@@ -189,8 +189,10 @@ def test_reduced_digits_student_beats_the_never_updated_generator(reduced_run):
         f"never updated {rows['untrained/1']['fd']}; difference {d}; CA "
         f"{rows['student/1']['ca']['value']:.3f} vs {rows['untrained/1']['ca']['value']:.3f}")
   assert ok, f"FD(student) − FD(never updated) = {d}: the student must be better beyond its interval"
-  # and by a margin that a half-working distillation does not reach
-  assert rows["student/1"]["fd"]["value"] < 0.8 * rows["untrained/1"]["fd"]["value"]
+  # and by a margin that a half-working distillation does not reach: in the reduced driver run
+  # (docs/results.md, same config) the student reached 0.31 × the control's FD, the ablation
+  # without the critic term 0.82 ×
+  assert rows["student/1"]["fd"]["value"] < 0.5 * rows["untrained/1"]["fd"]["value"]
 
 
 def test_benchmark_configs_and_stage_commands(tmp_path):
