@@ -47,6 +47,12 @@ class IBMD:
   # The DBIM η of the multi-step generator's steps between its calls (1: the Markov posterior,
   # I2SB's DDPM step; 0: DBIM's deterministic step, booted with fresh noise out of x_T).
   eta: float = 1.0
+  # λ(t) of both distillation losses: a Bridge.weighting name ('default', 'uniform', 'snr'), or
+  # None for the bridge's own (the teacher's loss weighting, bridge.weighting).
+  weighting: Optional[str] = None
+  # The weight of the critic term in L_θ: 1 is IBMD; 0 drops it (an ablation: the generator then
+  # only regresses onto the teacher's x̂0 at its own noised samples, and collapses).
+  critic_weight: float = 1.0
 
   def __post_init__(self):
     if self.multistep not in ("full_chain", "dmd2"):
@@ -55,6 +61,16 @@ class IBMD:
       raise ValueError(f"intermediate must be 'marginal' or 'posterior', got {self.intermediate!r}")
     if self.n_steps < 1:
       raise ValueError(f"n_steps must be >= 1, got {self.n_steps}")
+    if self.weighting not in (None, "default", "uniform", "snr"):
+      raise ValueError(f"distill.weighting must be '' (the bridge's), 'default', 'uniform' or "
+                       f"'snr', got {self.weighting!r}")
+
+  @property
+  def loss_bridge(self) -> Bridge:
+    """The bridge whose loss_weight weights L_φ and L_θ (distill.weighting)."""
+    if self.weighting is None or self.weighting == self.bridge.weighting:
+      return self.bridge
+    return dataclasses.replace(self.bridge, weighting=self.weighting)
 
   @property
   def grid(self) -> jax.Array:
@@ -128,7 +144,7 @@ class IBMD:
     x0 = jax.lax.stop_gradient(self.generate_for_training(gen_params, xT, k_gen, label, mask))
     t, x_t = self._bridge_point(x0, xT, k_pt)
     pred = self.critic(critic_params, x_t, t, xT, label=label)
-    return weighted_mse(pred, x0, self.bridge.loss_weight(t), mask)
+    return weighted_mse(pred, x0, self.loss_bridge.loss_weight(t), mask)
 
   def generator_loss(self, gen_params, critic_params, teacher_params, batch, key):
     """Returns (L_θ, aux); differentiate in gen_params only."""
@@ -136,9 +152,9 @@ class IBMD:
     k_gen, k_pt = jax.random.split(key)
     x0 = self.generate_for_training(gen_params, xT, k_gen, label, mask)
     t, x_t = self._bridge_point(x0, xT, k_pt)
-    lam = self.bridge.loss_weight(t)
+    lam = self.loss_bridge.loss_weight(t)
     real = self.teacher(teacher_params, x_t, t, xT, label=label)
     fake = self.critic(critic_params, x_t, t, xT, label=label)
     teacher_term = jnp.mean(lam * per_sample_sq(real, x0, mask))
     critic_term = jnp.mean(lam * per_sample_sq(fake, x0, mask))
-    return teacher_term - critic_term, {"teacher_term": teacher_term, "critic_term": critic_term}
+    return teacher_term - self.critic_weight * critic_term, {"teacher_term": teacher_term, "critic_term": critic_term}
