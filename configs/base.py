@@ -108,8 +108,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.teacher.microbatches = 1
 
   # Sampling: the DBIM η of the teacher's sampler (teacher grids, the first eval teacher sampler)
-  # and of a multi-step student's steps between generator calls: 1 = ancestral (I2SB's DDPM
-  # posterior), 0 = DBIM's deterministic sampler.
+  # and, unless distill.eta is set, of a multi-step student's steps between generator calls:
+  # 1 = ancestral (I2SB's DDPM posterior), 0 = DBIM's deterministic sampler.
   c.sampler = ml_collections.ConfigDict(dict(eta=1.0))
 
   c.distill = ml_collections.ConfigDict()
@@ -128,6 +128,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.distill.multistep = "full_chain"  # full_chain (I2SB variant) | dmd2 (DDBM variant)
   c.distill.intermediate = "marginal"  # dmd2: marginal | posterior
   c.distill.ema = 0.99
+  # One knob for one thing (issue 38): the multi-step student's η between its generator calls
+  # (None: sampler.eta, the teacher sampler's) and the distillation losses' λ(t) ('': the
+  # teacher's bridge.weighting; or 'default', 'uniform', 'snr').
+  c.distill.eta = config_dict.placeholder(float)
+  c.distill.weighting = ""
+  # The critic term's weight in the generator loss: 1 = IBMD; 0 drops it (the benchmark's ablation).
+  c.distill.critic_weight = 1.0
   # The frozen teacher's copy in the generator's loss: float32, or bfloat16 for half its memory
   # per chip (its predictions then carry bf16 rounding; critic and generator start from float32).
   c.distill.teacher_dtype = "float32"
@@ -158,7 +165,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.grid_rows = 8  # examples shown in the image grids
   c.eval.grid_nfes = (1, 100)  # teacher-mode sample grid
   # eval/outputs.npz: every set's outputs (uint8) and per-image PSNR / SSIM, for bootstrap
-  # intervals and paired comparisons across runs (tools/bootstrap.py, bench/bench64.py)
+  # intervals and paired comparisons across runs (ibmd_jax/eval/bootstrap.py, bench/bench64.py)
   c.eval.save_outputs = False
   # evaluate the generator as distillation starts it (the teacher's weights, zero noise weights)
   # instead of a trained one: the control of the benchmark's checks

@@ -71,7 +71,7 @@ def _cpu32(c, n_steps: int, inpaint: bool) -> None:
   c.data.num_workers = 0
   c.model.update(CPU32_UNET)
   c.model.dtype = "float32"
-  c.model.conv_grad = "matmul"
+  c.model.conv_grad = "matmul"  # at batch 32 not slower than xla (docs/benchmarks.md, CPU section)
   c.log_every = 50
   c.teacher.steps = 400
   c.teacher.batch_size = 32

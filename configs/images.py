@@ -43,7 +43,10 @@ FAMILIES = {
                  teacher_etas=(1.0, 0.0)),
     # DBIM's ImageNet inpainting teacher (DDBM code): I2SB schedule with β_max 1.0, stochastic
     # bridge, ε preconditioning (c_out = −σ_t), xT concatenated and class-conditional.
-    "dbim": dict(conditional=True, bridge=dict(kind="i2sb", precond="eps", beta_max=1.0),
+    # Its bridge coefficients are DBIM's (I2SBNoiseSchedule.get_abc), which its teachers were
+    # trained and sample with (tests/test_parity.py; docs/image_tasks.md).
+    "dbim": dict(conditional=True, bridge=dict(kind="i2sb", precond="eps", beta_max=1.0,
+                                               i2sb_coeffs="dbim"),
                  optimizer="radam", lr=3e-6, critic_steps=1, multistep="dmd2",
                  teacher_lr=1e-4, teacher_ema=0.9999, teacher_decay="constant",
                  teacher_etas=(1.0, 0.0)),
@@ -116,8 +119,8 @@ def make(*, family: str, model: dict, data: dict, rounds: int, n_steps: int = 1,
   c.bridge.update(dict(fam["bridge"], **(bridge or {})))
   # The network: the UNet's options replace the toys' MLP options (configs/base.py).
   # remat: "none", "full" or a jax.checkpoint_policies name (ibmd_jax/models/unet.py REMAT_POLICIES)
-  # conv_grad 'matmul': convolution weight gradients as matmuls (3x faster on XLA:CPU; the CPU
-  # variants use it), 'xla' elsewhere (ibmd_jax/models/conv.py)
+  # conv_grad 'xla' everywhere: XLA:CPU's YNNPACK weight gradient is 2.5x faster than the 'matmul'
+  # one of ibmd_jax/models/conv.py on the tiny UNet's teacher step (docs/benchmarks.md, CPU section)
   c.model = ml_collections.ConfigDict(dict(name="unet", **model, dtype=dtype, remat=remat,
                                            attention_impl=config_dict.placeholder(str),
                                            conv_grad="xla"))
@@ -178,7 +181,7 @@ def shrink(c: ml_collections.ConfigDict, degradation: str | None = None,
   c.model.image_size = 16
   c.model.dtype = "float32"
   c.model.remat = "none"
-  c.model.conv_grad = "matmul"
+  c.model.conv_grad = "xla"  # the faster one on XLA:CPU with YNNPACK (docs/benchmarks.md)
   c.log_every = 1
   c.teacher.steps = 60  # enough for a visible loss drop with either family at batch 8
   c.teacher.batch_size = 8

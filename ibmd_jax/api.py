@@ -77,7 +77,7 @@ def make_ibmd(teacher: Predictor, net: NetDenoiser, bridge: Bridge, opts: Distil
   return IBMD(bridge=bridge, teacher=teacher, critic=net, generator=net,
               z_channels=data_channels if opts.z_channels < 0 else opts.z_channels,
               n_steps=opts.n_steps, multistep=opts.multistep, intermediate=opts.intermediate,
-              eta=opts.eta)
+              eta=opts.eta, weighting=opts.weighting or None, critic_weight=opts.critic_weight)
 
 
 def plan_state(ib: IBMD, net: NetDenoiser, init_params: Any, example: dict, opts: DistillOptions,

@@ -52,6 +52,10 @@ def i2sb_tables(n_steps: int = 1000, beta_max: float = 0.3, linear_start: float 
       mu_x0=std_bwd**2 / denom,
       mu_x1=std_fwd**2 / denom,
       std_sb=np.sqrt(std_fwd**2 * std_bwd**2 / denom),
+      # DBIM's get_abc on this schedule (α = 1, ρ = std_fwd, ρ̄ = std_bwd, ρ_T = std_fwd[-1]).
+      dbim_a=std_fwd**2 / std_fwd[-1]**2,
+      dbim_b=std_bwd**2 / std_fwd[-1]**2,
+      dbim_c=std_fwd * std_bwd / std_fwd[-1],
       # I2SB's network time input: noise_levels = linspace(1e-4, 1, n) * n.
       noise_levels=np.linspace(linear_start, 1.0, n_steps) * n_steps,
   )
@@ -73,6 +77,10 @@ class Bridge:
   beta_max: float = 0.3
   linear_start: float = 1e-4
   ot_ode: bool = False
+  # The bridge coefficients on the I2SB schedule: 'i2sb' (I2SB's q_sample: μ_x0, μ_x1, std_sb from
+  # std_fwd² + std_bwd²) or 'dbim' (DBIM's I2SBNoiseSchedule.get_abc: ρ_T = std_fwd[-1], ρ̄ =
+  # std_bwd; its DBIM teachers were trained and sample with these; up to 9e-4 apart at β_max 1).
+  i2sb_coeffs: str = "i2sb"
   # VP (DDBM defaults)
   vp_beta_min: float = 0.1
   vp_beta_d: float = 2.0
@@ -85,6 +93,9 @@ class Bridge:
   # Network preconditioning: 'eps' (I2SB: x̂0 = x_t − σ_t·F) or 'edm' (DDBM's c_in/c_skip/c_out).
   precond: str = "eps"
   sigma_data: float = 0.5
+  # DDBM's cov_xy (KarrasDenoiser / DDBMPreCond): the assumed covariance of x0 and xT in the 'edm'
+  # preconditioning; 0 (DDBM's default, uncorrelated) or e.g. sigma_data²/2 (c_skip = 1/2 at T).
+  cov_xy: float = 0.0
   # Time input of the network: 'default' = I2SB noise level for i2sb, 250·log t otherwise.
   c_noise_kind: str = "default"
   # λ(t): 'default' = 1/c_out(t)² (the teacher's own weighting: a plain MSE of the network output),
@@ -96,8 +107,13 @@ class Bridge:
       raise ValueError(f"bridge.kind must be one of {KINDS}, got {self.kind!r}")
     if self.precond not in PRECONDS:
       raise ValueError(f"bridge.precond must be one of {PRECONDS}, got {self.precond!r}")
+    if self.i2sb_coeffs not in ("i2sb", "dbim"):
+      raise ValueError(f"bridge.i2sb_coeffs must be 'i2sb' or 'dbim', got {self.i2sb_coeffs!r}")
     if self.kind == "i2sb" and self.n_steps % 2:
       raise ValueError(f"I2SB's symmetric schedule needs an even n_steps, got {self.n_steps}")
+    if self.cov_xy and (self.precond != "edm" or abs(self.cov_xy) >= self.sigma_data**2):
+      raise ValueError(f"bridge.cov_xy={self.cov_xy} needs precond='edm' and |cov_xy| < sigma_data² "
+                       f"= {self.sigma_data**2}")
     if self.kind != "i2sb" and not 0.0 < self.t_min < self.T:
       raise ValueError(f"need 0 < t_min < T, got t_min={self.t_min}, T={self.T}")
 
@@ -154,16 +170,32 @@ class Bridge:
     """(a_t, b_t, c_t) with x_t = a_t xT + b_t x0 + c_t ε."""
     t = jnp.asarray(t, jnp.float32)
     if self.kind == "i2sb":
-      c = jnp.zeros_like(t) if self.ot_ode else self._lookup("std_sb", t)
-      return self._lookup("mu_x1", t), self._lookup("mu_x0", t), c
+      names = ("mu_x1", "mu_x0", "std_sb") if self.i2sb_coeffs == "i2sb" else (
+          "dbim_a", "dbim_b", "dbim_c")
+      c = jnp.zeros_like(t) if self.ot_ode else self._lookup(names[2], t)
+      return self._lookup(names[0], t), self._lookup(names[1], t), c
     alpha, sigma = self.alpha_sigma(t)
     alpha_T, _ = self.alpha_sigma(jnp.full_like(t, self.T))
     r = self._rho2(t) / self._rho2(jnp.full_like(t, self.T))
     r = jnp.clip(r, 0.0, 1.0)
+    one_minus_r = jnp.clip(self._one_minus_r(t), 0.0, 1.0)
     a = alpha / alpha_T * r
-    b = alpha * (1.0 - r)
-    c = sigma * jnp.sqrt(1.0 - r)
+    b = alpha * one_minus_r
+    c = sigma * jnp.sqrt(one_minus_r)
     return a, b, c
+
+  def _one_minus_r(self, t):
+    """1 − ρ_t²/ρ_T² without cancellation near T (float32): the original DBIM computes this
+    bridge's ρ̄_t = sqrt(ρ_T² − ρ_t²) in float64; 1 − r formed from r loses ~1e-4 of c_t there."""
+    T = self.T
+    if self.kind == "vp":
+      g = lambda u: self.vp_beta_min * u + 0.5 * self.vp_beta_d * u**2
+      d = T - t  # exact for float32 t near T
+      g_gap = self.vp_beta_min * d + 0.5 * self.vp_beta_d * d * (T + t)
+      return jnp.exp(g(t)) * jnp.expm1(g_gap) / math.expm1(g(T))
+    if self.kind == "ve":
+      return (T - t) * (T + t) / T**2
+    return (T - t) / T
 
   def sample_xt(self, x0, xT, t, eps):
     """Reparameterised bridge sample; differentiable in x0 and xT."""
@@ -183,12 +215,15 @@ class Bridge:
     if self.precond == "eps":
       _, sigma = self.alpha_sigma(t)
       return jnp.ones_like(t), jnp.ones_like(t), -sigma
+    # DDBM's get_bridge_scalings (σ_data of x0 and of xT equal, as in the original): with
+    # A = a²σ² + b²σ² + 2ab·cov_xy + c², c_in = A^-½, c_skip = (bσ² + a·cov_xy)/A,
+    # c_out = sqrt(a²(σ⁴ − cov_xy²) + σ²c²)·c_in.
     a, b, c = self.coeffs(t)
-    sd2 = self.sigma_data**2
-    big_a = a**2 * sd2 + b**2 * sd2 + c**2
+    sd2, cov = self.sigma_data**2, self.cov_xy
+    big_a = a**2 * sd2 + b**2 * sd2 + 2.0 * a * b * cov + c**2
     c_in = jax.lax.rsqrt(big_a)
-    c_skip = b * sd2 / big_a
-    c_out = jnp.sqrt(a**2 * sd2**2 + sd2 * c**2) * c_in
+    c_skip = (b * sd2 + a * cov) / big_a
+    c_out = jnp.sqrt(a**2 * (sd2**2 - cov**2) + sd2 * c**2) * c_in
     return c_in, c_skip, c_out
 
   def c_noise(self, t: jax.Array) -> jax.Array:

@@ -51,7 +51,9 @@ class DistillOptions:
   intermediate: str = "marginal"
   ema: float = 0.99
   teacher_dtype: str = "float32"  # the frozen teacher's copy in the generator loss (or bfloat16)
-  eta: float = 1.0  # the multi-step generator's DBIM η between calls
+  eta: float = 1.0  # the multi-step generator's DBIM η between calls (not the teacher sampler's)
+  weighting: str = ""  # λ(t) of the distillation losses; '' = the bridge's (the teacher's)
+  critic_weight: float = 1.0  # the critic term's weight in L_θ (0: the ablation without it)
   gen_optimizer: dict = dataclasses.field(default_factory=lambda: _adam(1e-4))
   critic_optimizer: dict = dataclasses.field(default_factory=lambda: _adam(1e-4))
   seed: int = 0
@@ -171,7 +173,10 @@ def distill_options(config) -> DistillOptions:
       z_init_scale=float(dc.z_init_scale), n_steps=int(dc.n_steps),
       multistep=str(dc.multistep), intermediate=str(dc.intermediate),
       ema=float(dc.ema), teacher_dtype=str(dc.get("teacher_dtype", "float32")),
-      eta=float(config.sampler.eta),
+      # the student's η and λ: distill.eta / distill.weighting, unset = the teacher's
+      eta=float(config.sampler.eta if dc.get("eta") is None else dc.eta),
+      weighting=str(dc.get("weighting", "") or ""),
+      critic_weight=float(dc.get("critic_weight", 1.0)),
       gen_optimizer=dict(dc.gen_optimizer), critic_optimizer=dict(dc.critic_optimizer),
       seed=int(config.seed), log_every=int(config.log_every), checkpoint_every=int(cc.every),
       keep=int(cc.keep), best_metric=str(cc.best_metric), best_mode=str(cc.best_mode),

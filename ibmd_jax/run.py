@@ -128,6 +128,7 @@ def distill(opts: RunOptions, workdir: str, task: Task, teacher_params,
 
 
 def _plan_distill_state(opts: RunOptions, task: Task, teacher_params, mesh):
+  opts = options_lib.from_config(opts)
   return api.plan_state(evaluate_lib.make_ibmd(opts, task), task.net, teacher_params,
                         task.example(), opts.distill, mesh)
 

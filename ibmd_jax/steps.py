@@ -10,7 +10,7 @@ step; only θ is differentiated in the generator step, through x0 and x_t (see i
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import flax.struct
 import jax
@@ -139,13 +139,26 @@ def ibmd_state(gen_params, critic_params, gen_tx, critic_tx) -> IBMDState:
                    gen_ema=jax.tree.map(jnp.copy, gen_params))
 
 
+def critic_unroll_for(backend: str) -> bool:
+  """Whether the round's critic scan is unrolled on this backend (make_ibmd_steps' default).
+
+  XLA:CPU hands convolutions to its fast YNNPACK kernels only outside loops: inside the scan's
+  while body they run as generic Eigen convolutions (the weight gradient in its raw
+  backward-filter form), which made the 16x16 test UNet's round 4-10x slower than its convolution
+  FLOPs at the teacher step's rate (bench/cpu_unet.py, docs/benchmarks.md). GPUs and TPUs keep the
+  scan: one body to compile."""
+  return backend == "cpu"
+
+
 def make_ibmd_steps(ibmd: IBMD, gen_tx, critic_tx, ema_decay: float = 0.99,
-                    microbatches: int = 1):
+                    microbatches: int = 1, critic_unroll: Optional[bool] = None):
   """Pure critic_step, generator_step and the fused round (L critic steps, then one generator step).
 
   batches for a round carry a leading axis of L + 1: critic steps use batches[:L], the generator
   step the last one, so every step sees fresh xT as in Algorithm 1. microbatches: each step's
-  gradient accumulated over that many slices of its batch (see `microbatched`).
+  gradient accumulated over that many slices of its batch (see `microbatched`). critic_unroll:
+  the L critic steps as straight-line code instead of a loop (same arithmetic); None: on CPU only
+  (critic_unroll_for).
   """
   critic_grad = microbatched(ibmd.critic_loss, microbatches)
   gen_grad = microbatched(ibmd.generator_loss, microbatches, has_aux=True)
@@ -174,7 +187,9 @@ def make_ibmd_steps(ibmd: IBMD, gen_tx, critic_tx, ema_decay: float = 0.99,
       i, batch = inp
       return critic_step(st, batch, jax.random.fold_in(key, i))
 
-    state, cm = jax.lax.scan(body, state, (jnp.arange(n_critic), critic_batches))
+    unroll = critic_unroll_for(jax.default_backend()) if critic_unroll is None else critic_unroll
+    state, cm = jax.lax.scan(body, state, (jnp.arange(n_critic), critic_batches),
+                             unroll=bool(unroll))
     return state, {k: jnp.mean(v) for k, v in cm.items()}
 
   def generator_phase(state: IBMDState, teacher_params, batches, key, critic_metrics):

@@ -87,7 +87,7 @@ def unknown_key(config, key: str):
     if part not in keys:
       where = ".".join(done) or "the config"
       close = difflib.get_close_matches(part, keys, n=1)
-      hint = f" (did you mean --config.{'.'.join(done + close)}?)" if close else ""
+      hint = f" (did you mean {'.'.join(done + close)}?)" if close else ""
       return f"--config.{key} is not a key of this config: {where} has no {part!r}{hint}"
     node, done = node[part], done + [part]
   return None

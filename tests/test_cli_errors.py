@@ -29,8 +29,8 @@ def _corrupt_teacher(tmp_path):
 CASES = {  # name: (arguments after --workdir, exit code, text the error line names)
     "unknown key": ([TOY, "--config.distill.critc_steps=5"], 2,
                     "--config.distill.critc_steps is not a key of this config: distill has no "
-                    "'critc_steps' (did you mean --config.distill.critic_steps?)"),
-    "unknown section": ([TOY, "--config.distil.rounds=5"], 2, "did you mean --config.distill?"),
+                    "'critc_steps' (did you mean distill.critic_steps?)"),
+    "unknown section": ([TOY, "--config.distil.rounds=5"], 2, "did you mean distill?"),
     "bad type": ([TOY, "--config.distill.rounds=abc"], 2, "--config.distill.rounds=abc"),
     "bad value": ([TOY, "--config.distill.rounds=0"], 2, "--config.distill.rounds=0 must be"),
     "no config file": (["--config=configs/toy_cnd.py"], 2, "configs/toy_cnd.py: no such config"),

@@ -29,19 +29,21 @@ def test_resize_bicubic_matches_pil_float(out_hw):
     np.testing.assert_allclose(y[..., c], ref, atol=2e-6)
 
 
-def test_sr4_bicubic_matches_pil_uint8():
-  # PIL's uint8 path rounds (and clips) after each separable pass and uses fixed-point weights,
-  # so compare within 2/255 max and 0.25/255 mean.
+def test_sr4_bicubic_matches_pil_uint8_inside():
+  # sr4_bicubic is I2SB's operator (exact parity with the original: tests/test_parity.py). Away
+  # from the borders it is PIL's antialiased bicubic; at the borders the original mirrors its taps
+  # where PIL renormalises a truncated window (up to 14/255 apart on this photo), and it does not
+  # clip. PIL's uint8 path rounds (and clips) after each separable pass and uses fixed-point
+  # weights, so compare the interior within 2/255 max and 0.25/255 mean.
   u, x = _photo()
   y = D.sr4_bicubic(x)
   assert y.shape == x.shape and y.dtype == np.float32
   low = y[::4, ::4]
   np.testing.assert_array_equal(y, np.repeat(np.repeat(low, 4, 0), 4, 1))  # nearest upsampling
   ref = np.asarray(Image.fromarray(u).resize((64, 64), Image.BICUBIC)).astype(int)
-  diff = np.abs(D.to_uint8(low).astype(int) - ref)
+  diff = np.abs(D.to_uint8(low).astype(int) - ref)[2:-2, 2:-2]
   assert diff.max() <= 2, diff.max()
   assert diff.mean() < 0.25, diff.mean()
-  assert y.min() >= -1.0 and y.max() <= 1.0
 
 
 def test_sr4_pool_matches_reshape_mean():

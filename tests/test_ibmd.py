@@ -92,6 +92,33 @@ def test_steps_freeze_what_they_must():
   np.testing.assert_allclose(m3["gen_loss"], m3["teacher_term"] - m3["critic_term"], rtol=1e-5)
 
 
+def test_unrolled_critic_steps_are_the_scanned_ones():
+  """The CPU round unrolls its critic scan (steps.critic_unroll_for: XLA:CPU's fast convolutions
+  only run outside loops); both forms give the same round: metrics and parameters."""
+  assert steps.critic_unroll_for("cpu") and not steps.critic_unroll_for("gpu")
+  assert not steps.critic_unroll_for("tpu")
+  bridge = Bridge(kind="vp", precond="edm")
+  net, teacher, critic, gen = _nets(bridge)
+  ib = ibmd_lib.IBMD(bridge=bridge, teacher=net, critic=net, generator=net, z_channels=2)
+  tx = make_optimizer(dict(lr=1e-2))
+  state = steps.ibmd_state(gen, critic, tx, tx)
+  batches = {"xT": jax.random.normal(jax.random.key(3), (4, B, D))}  # L = 3 critic steps
+  out, loops = {}, {}
+  for unroll in (False, True):
+    _, _, round_step = steps.make_ibmd_steps(ib, tx, tx, critic_unroll=unroll)
+    text = jax.jit(round_step).lower(state, teacher, batches, jax.random.key(4)).as_text()
+    loops[unroll] = text.count("stablehlo.while")
+    out[unroll] = jax.jit(round_step)(state, teacher, batches, jax.random.key(4))
+  assert loops[True] == loops[False] - 1, loops  # the critic loop, and only it, is gone
+  (s0, m0), (s1, m1) = out[False], out[True]
+  assert set(m0) == set(m1)
+  for k in m0:
+    np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5, atol=1e-7, err_msg=k)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), s1, s0)
+  # the critic moved in all three steps: a round that skipped one would differ
+  assert float(optax_norm(jax.tree.map(lambda a, b: a - b, s1.critic, critic))) > 1e-3
+
+
 def test_critic_equal_to_teacher_gives_zero_generator_gradient():
   bridge = Bridge(kind="vp", precond="edm")
   net, teacher, _, gen = _nets(bridge)

