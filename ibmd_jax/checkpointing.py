@@ -399,6 +399,8 @@ class RunCheckpointer:
     self._finish_previous()
     meta = {**(extra or {}), "step": int(step), "tree": tree_signature(state), "checksum": sums,
             "config": self.fingerprint}
+    if data is not None:  # the data position is one file per process (restore_latest checks it)
+      meta["processes"] = jax.process_count()
     try:
       saved = self.manager.save(step, args=self._args(state, meta, data), force=force)
       if saved and self.best is not None and metrics and self.best_metric in metrics:
@@ -522,6 +524,17 @@ class RunCheckpointer:
         continue
       if "tree" in meta and meta["tree"] != want:
         raise CheckpointMismatch(self._mismatch(step, meta, want))
+      saved_by = meta.get("processes")
+      if data is not None and saved_by is not None and int(saved_by) != jax.process_count():
+        # Each process's data position was saved for its share of the stream: with another
+        # process count the shares differ and the positions would replay or skip examples. The
+        # state itself restores on any process count / mesh (restore without `data`).
+        raise CheckpointMismatch(
+            f"the checkpoint at step {step} in {self.directory} was written by a run of {saved_by} "
+            f"processes and this run has {jax.process_count()}: its data positions are per "
+            f"process, so continue it with {saved_by} processes (the device count per process may "
+            "differ), or pass --config.checkpoint.start_over=True to move its checkpoints aside "
+            "and start over")
       try:
         items = dict(state=ocp.args.StandardRestore(abstract_state))  # (meta: read above)
         has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))

@@ -34,6 +34,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from ibmd_jax import data_log
 from ibmd_jax import sharding as shd
 from ibmd_jax.checkpointing import RunCheckpointer
 from ibmd_jax.errors import (CheckpointMismatch, ConfigError, DivergenceError,
@@ -215,6 +216,7 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
     i = start
     while i < loop.total:
       local = next(it)
+      data_log.record(loop.name, i + 1, local, loop.batch_axis)  # IBMD_JAX_DATA_LOG only
       batch = {k: shd.global_batch(loop.mesh, v, loop.batch_axis) for k, v in local.items()}
       state, m = loop.step_fn(state, *loop.extra, batch, jax.random.fold_in(loop.key, i))
       step = i + 1

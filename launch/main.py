@@ -9,6 +9,8 @@ value of the wrong type stops the run before any work, naming the key.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from launch import distributed  # --coordinator_address, --num_processes, --process_id, timeouts
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (config, metrics, checkpoints).")
@@ -43,15 +45,21 @@ def main(argv):
 
   if _CONFIG.value.get("distributed", False):
     # Multi-host (TPU pod slice, multi-node GPU): must run before anything touches a device.
-    # On TPU and SLURM/Open MPI clusters the coordinator and process ids are auto-detected.
-    jax.distributed.initialize()
+    # On TPU and SLURM/Open MPI clusters the coordinator and process ids are auto-detected;
+    # elsewhere the launcher's flags (or JAX_* variables) give them (launch/distributed.py).
+    distributed.initialize()
 
   # Orbax logs every save at INFO; keep the console to our progress lines unless asked.
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   logging.warning("JAX %s, process %d/%d, devices: %s, compilation cache: %s", jax.__version__,
                   jax.process_index(), jax.process_count(), jax.devices(), cache_dir or "off")
-  run.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    run.run(_CONFIG.value, _WORKDIR.value)
+  except Exception as e:  # noqa: BLE001 - another process of the run died: one line, exit now
+    if distributed.peer_lost(e):
+      distributed.exit_peer_lost(e)
+    raise
 
 
 def _unknown_override(argv) -> str:
