@@ -96,6 +96,13 @@ class StopSignal:
 
   def __init__(self):
     self.received = False
+    self._prev = None
+    if jax.process_count() > 1:
+      # Several processes: SIGTERM must reach JAX's preemption notifier (installed by
+      # jax.distributed.initialize), which agrees on the step all processes save at
+      # (`reached_preemption`); a Python handler here replaced it, and the processes ran on
+      # through SIGTERM (issue 37).
+      return
     try:
       self._prev = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread (e.g. some notebook runners): no handler

@@ -108,3 +108,17 @@ def exit_peer_lost(e: BaseException) -> None:
       "every process with the same command: the run resumes from its last complete checkpoint\n")
   sys.stderr.flush()
   os._exit(PeerLost.exit_code)
+
+
+def barrier(name: str) -> None:
+  """Waits until every process of the run is here (through the coordination service, up to
+  --distributed_init_s). gloo gives up on a peer that is 30 s late to the first collective of a
+  device set; processes that start, import and compile at different speeds (a loaded host) meet
+  here first, after the imports, before the run's first collective."""
+  import jax
+  from jax._src import distributed as jax_distributed
+
+  client = jax_distributed.global_state.client
+  if client is None or jax.process_count() < 2:
+    return
+  client.wait_at_barrier(f"ibmd_jax_{name}", int(_INIT.value) * 1000)

@@ -104,6 +104,12 @@ def start(num_processes: int, devices_per_process: int, args: Sequence[str],
   procs, logs = [], []
   if log_dir:
     os.makedirs(log_dir, exist_ok=True)
+  if not any(a.startswith("--compilation_cache") for a in args):
+    # JAX's persistent cache is written by process 0 only, and the other processes' keys of their
+    # local programs differ: they compile what process 0 loads, and one 30 s behind at a
+    # collective is dropped by gloo ("Gloo context initialization failed: ... GetKeyValue() timed
+    # out"). Without the cache all processes compile alike and stay in step.
+    args = [*args, "--compilation_cache=off"]
   for i in range(num_processes):
     cmd = [sys.executable, "-m", module, *args, "--config.distributed=True",
            f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",

@@ -55,6 +55,7 @@ def main(argv):
   logging.warning("JAX %s, process %d/%d, devices: %s, compilation cache: %s", jax.__version__,
                   jax.process_index(), jax.process_count(), jax.devices(), cache_dir or "off")
   try:
+    distributed.barrier("start")  # every process imported and set up: the skew is small now
     run.run(_CONFIG.value, _WORKDIR.value)
   except Exception as e:  # noqa: BLE001 - another process of the run died: one line, exit now
     if distributed.peer_lost(e):
