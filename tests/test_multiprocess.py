@@ -225,3 +225,58 @@ def test_restart_with_another_process_count_is_refused(tmp_path):
       manager.restore_latest(planned.abstract, task.train_data("teacher", 64))
   finally:
     manager.close()
+
+
+IMAGE = {"teacher.steps": 4, "teacher.save_every": 2, "distill.rounds": 2, "checkpoint.every": 1,
+         "log_every": 1, "eval.num_images": 8}
+
+
+@pytest.mark.slow
+def test_image_pipeline_two_processes_equal_one(tmp_path):
+  """The tiny I2SB super-resolution pipeline (teacher, distillation, evaluation) on 2 processes x
+  4 devices gives the 1-process 8-device run's metrics, and each process fed its rows [p*b,
+  (p+1)*b) of the 1-process batches (grain's per-process stream, teacher and distillation)."""
+  from configs import i2sb_sr4_bicubic
+
+  def cfg():
+    c = i2sb_sr4_bicubic.get_config("tiny")
+    c.mode = "pipeline"
+    for key, value in IMAGE.items():
+      node = c
+      *path, last = key.split(".")
+      for p in path:
+        node = node[p]
+      node[last] = value
+    return c
+
+  ref_prefix = str(tmp_path / "ref_data")
+  os.environ[data_log.ENV] = ref_prefix
+  try:
+    runner.run(cfg(), str(tmp_path / "ref"))
+  finally:
+    os.environ.pop(data_log.ENV)
+  prefix = str(tmp_path / "data")
+  env = dict(os.environ, **{data_log.ENV: prefix})
+  args = ["--config=configs/i2sb_sr4_bicubic.py:tiny", f"--workdir={tmp_path / 'run'}",
+          "--config.mode=pipeline"] + [f"--config.{k}={v}" for k, v in IMAGE.items()]
+  pod = local_pod.start(2, 4, args, log_dir=str(tmp_path / "logs"), env=env)
+  try:
+    codes = pod.wait(timeout=900)
+  finally:
+    pod.kill()
+  assert codes == [0, 0], pod.output(0)[-3000:]
+  for mode, keys in (("teacher", ("loss", "grad_norm")),
+                     ("distill", ("gen_loss", "critic_loss", "gen_grad_norm"))):
+    ref, got = _losses(str(tmp_path / "ref"), mode, keys), _losses(str(tmp_path / "run"), mode, keys)
+    assert sorted(got) == sorted(ref) and got
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [ref[s] for s in sorted(ref)],
+                               rtol=1e-4, atol=1e-6)
+    ref_rows, fed = _data(ref_prefix, 0, mode), [_data(prefix, p, mode) for p in range(2)]
+    for step in sorted(ref_rows):
+      assert fed[0][step] + fed[1][step] == ref_rows[step], (mode, step)
+  ref_eval = [r for r in _rows(str(tmp_path / "ref"), "eval")]
+  got_eval = [r for r in _rows(str(tmp_path / "run"), "eval")]
+  for a, b in zip(ref_eval, got_eval):
+    for k, v in a.items():
+      if isinstance(v, float) and "per_s" not in k and "per_sample" not in k and k != "eta_s":
+        np.testing.assert_allclose(b[k], v, rtol=1e-4, atol=1e-6, err_msg=k)
