@@ -112,6 +112,9 @@ def _check_against_reference(workdir, prefix, reference, n=2):
   ref_dir, ref_prefix = reference
   ref, got = _losses(ref_dir), _losses(workdir)
   assert sorted(got) == list(range(1, STEPS + 1))
+  a, b = np.array([got[s] for s in sorted(got)]), np.array([ref[s] for s in sorted(ref)])
+  print(f"2 vs 1 process: max |diff| {np.abs(a - b).max():.3g}, max rel "
+        f"{(np.abs(a - b) / np.abs(b)).max():.3g} over {a.size} metrics")
   np.testing.assert_allclose([got[s] for s in sorted(got)], [ref[s] for s in sorted(ref)],
                              rtol=2e-5, atol=1e-6)
   # From the data: process p fed rows [p*b, (p+1)*b) of the 1-process run's batch at every step,
@@ -280,3 +283,27 @@ def test_image_pipeline_two_processes_equal_one(tmp_path):
     for k, v in a.items():
       if isinstance(v, float) and "per_s" not in k and "per_sample" not in k and k != "eta_s":
         np.testing.assert_allclose(b[k], v, rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.slow
+def test_second_run_on_a_live_workdir_is_refused_on_every_process(tmp_path):
+  """While a 2-process run holds the workdir, a second 2-process run on it stops on both of its
+  processes with the lock's one line (process 0 takes the lock and broadcasts the outcome)."""
+  over = dict(TOY, **{"teacher.steps": 400})
+  workdir = str(tmp_path / "run")
+  first = _pod(tmp_path, "first", over)
+  try:
+    _wait_for_step(workdir, 2, first)
+    second = local_pod.start(2, 4, _args(over, workdir), log_dir=str(tmp_path / "second"))
+    try:
+      codes = second.wait(timeout=300)
+    finally:
+      second.kill()
+    assert codes == [1, 1], codes
+    for i in range(2):
+      assert "is in use by" in second.output(i), second.output(i)[-2000:]
+    assert all(p.poll() is None for p in first.procs)  # the first run goes on
+  finally:
+    first.signal(signal.SIGTERM)
+    first.wait(timeout=120)
+    first.kill()
