@@ -307,3 +307,14 @@ def test_second_run_on_a_live_workdir_is_refused_on_every_process(tmp_path):
     first.signal(signal.SIGTERM)
     first.wait(timeout=120)
     first.kill()
+
+
+def test_local_pod_command_line_says_what_is_missing(capsys):
+  with pytest.raises(SystemExit) as e:
+    local_pod.main(["--num_processes=2", "--", "--workdir=/tmp/x"])
+  assert e.value.code == 2
+  assert "pass the launcher's arguments after --" in capsys.readouterr().err
+  env = local_pod.process_env(3, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --foo",
+                                  "JAX_PROCESS_ID": "5"})
+  assert env["XLA_FLAGS"] == "--foo --xla_force_host_platform_device_count=3"
+  assert env["JAX_PLATFORMS"] == "cpu" and "JAX_PROCESS_ID" not in env
