@@ -43,9 +43,15 @@ def save_teacher(directory: str, params: Any, meta: dict) -> None:
   params_dir = os.path.join(directory, "params")
   with ocp.StandardCheckpointer() as ckptr:  # sharded arrays are written shard by shard
     ckptr.save(params_dir, params, force=True)
-  with open(os.path.join(directory, TEACHER_META + ".tmp"), "w") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(os.path.join(directory, TEACHER_META + ".tmp"), os.path.join(directory, TEACHER_META))
+  def write_meta():
+    with open(os.path.join(directory, TEACHER_META + ".tmp"), "w") as f:
+      json.dump(meta, f, indent=2)
+    os.replace(os.path.join(directory, TEACHER_META + ".tmp"),
+               os.path.join(directory, TEACHER_META))
+
+  # The directory is shared: every process writing the same .tmp and renaming it raced (one
+  # process's rename found the file gone: FileNotFoundError, issue 37). Process 0 writes it.
+  _by_process_0(write_meta, "teacher_meta")
 
 
 def read_teacher_meta(directory: str) -> dict:
