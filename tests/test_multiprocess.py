@@ -226,6 +226,13 @@ def test_restart_with_another_process_count_is_refused(tmp_path):
     with pytest.raises(CheckpointMismatch, match="written by a run of 2 processes and this run "
                                                  "has 1"):
       manager.restore_latest(planned.abstract, task.train_data("teacher", 64))
+    # and on 4 devices of this process (a 4x1 mesh, fsdp 2): the same checksum
+    import jax
+    cfg4 = _toy_config(dict(over, **{"mesh.data": 2, "mesh.fsdp": 2}))
+    mesh4 = shd.mesh_from_config(cfg4, jax.devices()[:4])
+    _, planned4 = programs.teacher_program(cfg4, task, mesh4)
+    step4, state4, _ = manager.restore_latest(planned4.abstract)
+    assert step4 == 10 and ckpt.state_digest(state4)[0] == meta["checksum"]
   finally:
     manager.close()
 
