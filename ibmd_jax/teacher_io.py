@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ibmd_jax.bridges import Bridge
+from ibmd_jax.checkpointing import by_process_0
 from ibmd_jax.errors import MissingPath, UnreadableCheckpoint
 from ibmd_jax.models import model_defaults, resolve_model_config
 
@@ -31,9 +32,16 @@ def save_teacher(directory: str, params: Any, meta: dict) -> None:
   params_dir = os.path.join(directory, "params")
   with ocp.StandardCheckpointer() as ckptr:  # sharded arrays are written shard by shard
     ckptr.save(params_dir, params, force=True)
-  with open(os.path.join(directory, TEACHER_META + ".tmp"), "w") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(os.path.join(directory, TEACHER_META + ".tmp"), os.path.join(directory, TEACHER_META))
+
+  def write_meta():
+    with open(os.path.join(directory, TEACHER_META + ".tmp"), "w") as f:
+      json.dump(meta, f, indent=2)
+    os.replace(os.path.join(directory, TEACHER_META + ".tmp"),
+               os.path.join(directory, TEACHER_META))
+
+  # The directory is shared: every process writing the same .tmp and renaming it raced (one
+  # process's rename found the file gone: FileNotFoundError, issue 37). Process 0 writes it.
+  by_process_0(write_meta, "teacher_meta")
 
 
 def read_teacher_meta(directory: str) -> dict:
