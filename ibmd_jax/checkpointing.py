@@ -144,7 +144,7 @@ def _quiet_disk_errors():
     logging_std.getLogger("absl").addFilter(_QUIET)
 
 
-def _by_process_0(fn, name: str):
+def by_process_0(fn, name: str):
   """fn() on process 0 only (the directory is shared), the others wait for it."""
   if jax.process_index() == 0:
     fn()
@@ -237,6 +237,8 @@ class RunCheckpointer:
     self._finish_previous()
     meta = {**(extra or {}), "step": int(step), "tree": tree_signature(state), "checksum": sums,
             "config": self.fingerprint}
+    if data is not None:  # the data position is one file per process (restore_latest checks it)
+      meta["processes"] = jax.process_count()
     try:
       saved = self.manager.save(step, args=self._args(state, meta, data), force=force)
       if saved and self.best is not None and metrics and self.best_metric in metrics:
@@ -364,6 +366,17 @@ class RunCheckpointer:
         continue
       if "tree" in meta and meta["tree"] != want:
         raise CheckpointMismatch(self._mismatch(step, meta, want))
+      saved_by = meta.get("processes")
+      if data is not None and saved_by is not None and int(saved_by) != jax.process_count():
+        # Each process's data position was saved for its share of the stream: with another
+        # process count the shares differ and the positions would replay or skip examples. The
+        # state itself restores on any process count / mesh (restore without `data`).
+        raise CheckpointMismatch(
+            f"the checkpoint at step {step} in {self.directory} was written by a run of {saved_by} "
+            f"processes and this run has {jax.process_count()}: its data positions are per "
+            f"process, so continue it with {saved_by} processes (the device count per process may "
+            "differ), or pass --config.checkpoint.start_over=True to move its checkpoints aside "
+            "and start over")
       try:
         items = dict(state=ocp.args.StandardRestore(abstract_state))  # (meta: read above)
         has_data = paths.isdir(paths.join(self.directory, str(step), "data"))
@@ -419,7 +432,7 @@ class RunCheckpointer:
     """Renames checkpoint `step` to suspect-<step>-<time> (kept, no longer resumed from)."""
     self.manager.wait_until_finished()
     dest = paths.join(self.directory, f"suspect-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-    _by_process_0(lambda: paths.isdir(paths.join(self.directory, str(step))) and paths.rename(
+    by_process_0(lambda: paths.isdir(paths.join(self.directory, str(step))) and paths.rename(
         paths.join(self.directory, str(step)), dest), f"set_aside_{step}")
     self.manager.reload()
     return dest
@@ -435,7 +448,7 @@ class RunCheckpointer:
       if paths.isdir(self.directory + "_best"):
         paths.rename(self.directory + "_best", f"{self.directory}_best.replaced-{stamp}")
 
-    _by_process_0(move, "archive")
+    by_process_0(move, "archive")
     self._open()
     return dest
 

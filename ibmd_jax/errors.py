@@ -1,7 +1,8 @@
 """Errors the user fixes (a config, a workdir, a checkpoint): the launcher prints them as one line.
 
 Exit codes of `python -m launch.main`: 0 done; 1 a RunError (the message says what to fix); 2 a
-bad config value or key; 75 stop_after_s reached and 143 SIGTERM (state saved: run the same
+bad config value or key; 69 another process of a multi-process run went away (restart them all);
+75 stop_after_s reached and 143 SIGTERM (state saved: run the same
 command again). Any other exception is a bug and keeps its traceback.
 
 `exit_with(e)` is how a launcher ends on a RunError: the one `error:` line, then the exit code.
@@ -95,3 +96,10 @@ class UnreadableCheckpoint(RunError, ValueError):
 
 class TeacherMismatch(RunError, ValueError):
   """The teacher checkpoint was trained for another bridge, data setup or network."""
+
+
+class PeerLost(RunError):
+  """Another process of a multi-process run went away (killed, its host died or was preempted);
+  restart every process: the run resumes from its last complete checkpoint."""
+
+  exit_code = 69  # EX_UNAVAILABLE

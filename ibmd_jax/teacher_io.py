@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 
 from ibmd_jax import paths
 from ibmd_jax.bridges import Bridge
+from ibmd_jax.checkpointing import by_process_0
 from ibmd_jax.errors import MissingPath, UnreadableCheckpoint
 from ibmd_jax.models import model_defaults, resolve_model_config
 
@@ -31,7 +32,13 @@ def save_teacher(directory: str, params: Any, meta: dict) -> None:
   params_dir = paths.for_orbax(paths.join(directory, "params"))  # Orbax writes gs:// itself
   with ocp.StandardCheckpointer() as ckptr:  # sharded arrays are written shard by shard
     ckptr.save(params_dir, params, force=True)
-  paths.write_text(paths.join(directory, TEACHER_META), json.dumps(meta, indent=2))
+
+  def write_meta():  # whole or not at all (written aside and renamed; a bucket: one upload)
+    paths.write_text(paths.join(directory, TEACHER_META), json.dumps(meta, indent=2))
+
+  # The directory is shared: every process writing the same .tmp and renaming it raced (one
+  # process's rename found the file gone: FileNotFoundError, issue 37). Process 0 writes it.
+  by_process_0(write_meta, "teacher_meta")
 
 
 def read_teacher_meta(directory: str) -> dict:

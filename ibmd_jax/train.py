@@ -34,6 +34,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from ibmd_jax import data_log
 from ibmd_jax import sharding as shd
 from ibmd_jax.checkpointing import RunCheckpointer
 from ibmd_jax.errors import (CheckpointMismatch, ConfigError, DivergenceError,
@@ -95,6 +96,13 @@ class StopSignal:
 
   def __init__(self):
     self.received = False
+    self._prev = None
+    if jax.process_count() > 1:
+      # Several processes: SIGTERM must reach JAX's preemption notifier (installed by
+      # jax.distributed.initialize), which agrees on the step all processes save at
+      # (`reached_preemption`); a Python handler here replaced it, and the processes ran on
+      # through SIGTERM (issue 37).
+      return
     try:
       self._prev = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread (e.g. some notebook runners): no handler
@@ -215,6 +223,7 @@ def run_loop(loop: Loop, writer: Optional[MetricWriter] = None) -> Any:
     i = start
     while i < loop.total:
       local = next(it)
+      data_log.record(loop.name, i + 1, local, loop.batch_axis)  # IBMD_JAX_DATA_LOG only
       batch = {k: shd.global_batch(loop.mesh, v, loop.batch_axis) for k, v in local.items()}
       state, m = loop.step_fn(state, *loop.extra, batch, jax.random.fold_in(loop.key, i))
       step = i + 1

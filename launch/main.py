@@ -13,6 +13,8 @@ overrides are checked against its keys, then parsed by absl against it as a Conf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from launch import distributed  # --coordinator_address, --num_processes, --process_id, timeouts
+
 _CONFIG = None  # the config's flag holder, defined by parse_flags once the file is loaded
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (config, metrics, checkpoints).")
 _CACHE = flags.DEFINE_string(
@@ -46,8 +48,9 @@ def main(argv):
 
   if _CONFIG.value.get("distributed", False):
     # Multi-host (TPU pod slice, multi-node GPU): must run before anything touches a device.
-    # On TPU and SLURM/Open MPI clusters the coordinator and process ids are auto-detected.
-    jax.distributed.initialize()
+    # On TPU and SLURM/Open MPI clusters the coordinator and process ids are auto-detected;
+    # elsewhere the launcher's flags (or JAX_* variables) give them (launch/distributed.py).
+    distributed.initialize()
 
   # Orbax logs every save at INFO; keep the console to our progress lines unless asked.
   if not flags.FLAGS["verbosity"].present:
@@ -58,7 +61,13 @@ def main(argv):
   if _CONFIG.value.get("mode") == "compile":  # the compile tooling, outside the package
     from tools import aot
     compile_fn = aot.run
-  run.run(_CONFIG.value, _WORKDIR.value, compile_fn=compile_fn)
+  try:
+    distributed.barrier("start")  # every process imported and set up: the skew is small now
+    run.run(_CONFIG.value, _WORKDIR.value, compile_fn=compile_fn)
+  except Exception as e:  # noqa: BLE001 - another process of the run died: one line, exit now
+    if distributed.peer_lost(e):
+      distributed.exit_peer_lost(e)
+    raise
 
 
 def load_config(spec: str):

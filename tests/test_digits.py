@@ -193,28 +193,3 @@ def test_reduced_digits_student_beats_the_never_updated_generator(reduced_run):
   # (docs/results.md, same config) the student reached 0.31 × the control's FD, the ablation
   # without the critic term 0.82 ×
   assert rows["student/1"]["fd"]["value"] < 0.5 * rows["untrained/1"]["fd"]["value"]
-
-
-def test_benchmark_configs_and_stage_commands(tmp_path):
-  from bench import digits as bench_digits
-  from ibmd_jax import checks
-  for task in bench_digits.TASKS:
-    for variant in ("full", "tiny"):
-      c = digits_config.get_config(bench_digits.config_arg(task, variant))
-      checks.check_config(c)
-      assert c.data.kind == "digits" and c.model.attention_resolutions == ()
-      assert c.distill.gen_optimizer.name == "adam" and c.distill.gen_optimizer.b1 == 0.0
-      assert c.teacher.optimizer.name == "adamw"  # not RAdam, for DDBM too (configs/digits.py)
-  assert digits_config.get_config("inpaint").distill.n_steps == 4
-  assert digits_config.get_config("inpaint").distill.z_channels == 0
-  assert digits_config.get_config("sr4_vp").bridge.cov_xy == 0.125
-  root = str(tmp_path)
-  cmd = {s: bench_digits.stage_command(root, "sr4", s, variant="tiny", sets=["seed=1"],
-                                       stop_after_s=100)[0] for s in bench_digits.STAGES}
-  teacher = f"--config.teacher.checkpoint={root}/sr4/teacher/teacher"
-  assert teacher in cmd["student"] and teacher in cmd["nocritic"]
-  assert "--config.distill.critic_weight=0.0" in cmd["nocritic"]
-  assert not any("critic_weight" in a for a in cmd["student"])
-  assert "--set=seed=1" in cmd["eval"] and "--config.seed=1" in cmd["teacher"]
-  with pytest.raises(ValueError, match="unknown digits task"):
-    digits_config.get_config("jpeg")

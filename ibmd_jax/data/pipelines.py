@@ -7,8 +7,9 @@ and ``label`` [B] int32 (with ``class_conditional``); ``get_state`` / ``set_stat
 
 Pipeline (MapDataset API): source -> seeded shuffle -> repeat (train only) -> per-example map keyed
 by the *global* example index (crop / flip / resize / degrade with ``np.random.default_rng([seed,
-index])``: every example is a pure function of (seed, index)) -> per-process slice
-``[process_index::process_count]`` -> batch -> ``to_iter_dataset`` (thread prefetch) -> optional
+index])``: every example is a pure function of (seed, index)) -> batches, per-process
+(train: every process_count-th local batch, so that process p holds rows [p*b, (p+1)*b) of
+each global batch; test: ``[process_index::process_count]`` then batch) -> ``to_iter_dataset`` (thread prefetch) -> optional
 ``mp_prefetch`` worker processes. The map sees the global index before slicing, so processes never
 share an example, and an iterator state replays exactly the same batches. (A state saved with
 worker processes has a different layout from one saved without: resume with the same
@@ -552,17 +553,26 @@ def make_dataset(cfg: dict, split: str, batch_size: int, seed: int, process_inde
                  process_count: int = 1, num_workers: int = 0) -> grain.IterDataset:
   """This process's batches of ``split`` as a grain IterDataset (``iter()`` is checkpointable).
 
-  Train: an endless shuffled stream, full batches only. Test: each held-out example once, in a fixed
-  order, the last batch possibly short. Processes take disjoint interleaved examples
-  ``[process_index::process_count]``; ``num_workers > 0`` decodes and degrades in that many worker
+  Train: an endless shuffled stream, full batches only; process p's batch j is rows
+  [p*batch_size, (p+1)*batch_size) of global batch j (the 1-process run's batch of
+  batch_size*process_count). Test: each held-out example once, in a fixed order, the last batch
+  possibly short; processes take disjoint interleaved examples ``[process_index::process_count]``; ``num_workers > 0`` decodes and degrades in that many worker
   processes (grain ``mp_prefetch``), 0 stays in this process.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-  ds = map_dataset(cfg, split, seed)[process_index::process_count]
-  ds = ds.batch(int(batch_size), drop_remainder=split == "train")
+  ds = map_dataset(cfg, split, seed)
+  if split == "train":
+    # Process p feeds rows [p*b, (p+1)*b) of every global batch of b*process_count examples: the
+    # order in which jax.make_array_from_process_local_data assembles the processes' batches, so
+    # a global batch holds the 1-process run's examples in the same rows and the per-row noise
+    # meets the same examples (a multi-process run gives the 1-process numbers). Slicing the
+    # examples [p::count] before batching put the same examples in other rows (issue 37).
+    ds = ds.batch(int(batch_size), drop_remainder=True)[process_index::process_count]
+  else:
+    ds = ds[process_index::process_count].batch(int(batch_size), drop_remainder=False)
   read = grain.ReadOptions(num_threads=int(cfg.get("read_threads", 2)),
                            prefetch_buffer_size=int(cfg.get("prefetch_batches", 2)))
   it_ds = ds.to_iter_dataset(read)
