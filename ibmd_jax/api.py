@@ -102,7 +102,11 @@ def round_program(ib: IBMD, net: NetDenoiser, init_params: Any, teacher_params: 
   init_params / teacher_params may be ShapeDtypeStructs."""
   planned, gen_tx, critic_tx = plan_state(ib, net, init_params, example, opts, mesh)
   shd.check_batch(mesh, opts.batch_size // opts.microbatches, "distill.batch_size / microbatches")
-  _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, opts.ema, opts.microbatches)
+  # The critic loop as the mesh's devices run it (unrolled on CPU only, steps.critic_unroll_for):
+  # compile mode builds this on a CPU host for TPU chips, and must compile what the TPU runs.
+  platform = mesh.devices.flat[0].platform
+  _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, opts.ema, opts.microbatches,
+                                           critic_unroll=steps.critic_unroll_for(platform))
   teacher_sh = shd.state_shardings(mesh, teacher_params)
   fn = shd.jit_round(round_step, mesh, planned.shardings, teacher_sh, split=opts.split_round)
   return fn, planned, teacher_sh

@@ -1,7 +1,8 @@
 """How many times each loop of a compiled program runs, so that an estimate counts every step.
 
 XLA's cost analysis counts the body of a loop once. The programs compile mode plans hold loops:
-- the IBMD round: its L critic steps in a ``scan`` (``steps.make_ibmd_steps``); a multi-step
+- the IBMD round: its L critic steps in a ``scan`` (``steps.make_ibmd_steps``; unrolled only where
+  the mesh's devices are CPUs, never for a TPU slice: ``api.round_program``); a multi-step
   generator's chain in a ``scan`` (``ibmd.generate_for_training``: 'full_chain' runs its N calls
   in one, 'dmd2' N − 1 calls without gradient in one and the last call after it); gradient
   accumulation's microbatches in a ``scan`` around each step (``steps.microbatched``);
