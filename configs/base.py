@@ -122,6 +122,8 @@ def get_config() -> ml_collections.ConfigDict:
   # The round as two jitted programs (critic steps; generator step) compiled at once in two
   # threads: about the larger one's compile time instead of the sum; same numbers.
   c.distill.split_round = False
+  # 'auto': the critic steps unrolled on CPU meshes (faster rounds, slower compile), a loop elsewhere
+  c.distill.critic_unroll = "auto"
   c.distill.z_channels = -1  # generator noise channels: -1 = as many as the data, 0 = none
   c.distill.z_init_scale = 0.0  # std of z's input weights at the start (paper: 0)
   c.distill.n_steps = 1  # generator steps N

@@ -104,9 +104,11 @@ def round_program(ib: IBMD, net: NetDenoiser, init_params: Any, teacher_params: 
   shd.check_batch(mesh, opts.batch_size // opts.microbatches, "distill.batch_size / microbatches")
   # The critic loop as the mesh's devices run it (unrolled on CPU only, steps.critic_unroll_for):
   # compile mode builds this on a CPU host for TPU chips, and must compile what the TPU runs.
-  platform = mesh.devices.flat[0].platform
+  # distill.critic_unroll overrides it ('on' / 'off').
+  unroll = (steps.critic_unroll_for(mesh.devices.flat[0].platform) if opts.critic_unroll == "auto"
+            else opts.critic_unroll == "on")
   _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, opts.ema, opts.microbatches,
-                                           critic_unroll=steps.critic_unroll_for(platform))
+                                           critic_unroll=unroll)
   teacher_sh = shd.state_shardings(mesh, teacher_params)
   fn = shd.jit_round(round_step, mesh, planned.shardings, teacher_sh, split=opts.split_round)
   return fn, planned, teacher_sh

@@ -23,6 +23,7 @@ import types
 from typing import Any, Mapping
 
 from ibmd_jax.checkpointing import flat_config
+from ibmd_jax.errors import ConfigError
 
 
 def _plain(section) -> Mapping[str, Any]:
@@ -44,6 +45,9 @@ class DistillOptions:
   critic_steps: int = 5  # L critic updates per generator update (paper: 5)
   microbatches: int = 1  # gradient accumulation: each step's batch in this many slices
   split_round: bool = False  # the round as two programs compiled at once (sharding.jit_round)
+  # The L critic steps as straight-line code ('on'), as a loop ('off') or 'auto': unrolled where
+  # the mesh's devices are CPUs (steps.critic_unroll_for; faster steps, slower compile).
+  critic_unroll: str = "auto"
   z_channels: int = -1  # generator noise channels; -1 = as many as the data has, 0 = none
   z_init_scale: float = 0.0  # std of the noise weights at the start (paper: 0)
   n_steps: int = 1
@@ -166,10 +170,14 @@ def safety_options(config) -> SafetyOptions:
 
 def distill_options(config) -> DistillOptions:
   dc, cc = config.distill, config.checkpoint
+  if str(dc.get("critic_unroll", "auto")) not in ("auto", "on", "off"):
+    raise ConfigError(f"distill.critic_unroll must be 'auto', 'on' or 'off', got "
+                      f"{dc.critic_unroll!r}")
   return DistillOptions(
       rounds=int(dc.rounds), batch_size=int(dc.batch_size),
       critic_steps=int(dc.critic_steps), microbatches=int(dc.get("microbatches", 1)),
-      split_round=bool(dc.get("split_round", False)), z_channels=int(dc.z_channels),
+      split_round=bool(dc.get("split_round", False)),
+      critic_unroll=str(dc.get("critic_unroll", "auto")), z_channels=int(dc.z_channels),
       z_init_scale=float(dc.z_init_scale), n_steps=int(dc.n_steps),
       multistep=str(dc.multistep), intermediate=str(dc.intermediate),
       ema=float(dc.ema), teacher_dtype=str(dc.get("teacher_dtype", "float32")),

@@ -195,3 +195,18 @@ def test_a_bfloat16_frozen_teacher_halves_its_bytes_and_keeps_the_loss():
   loss = lambda tp: ib.generator_loss(gen, critic, tp, {"xT": xT}, jax.random.key(5))[1]
   full, half = loss(teacher)["teacher_term"], loss(low)["teacher_term"]
   assert full != half and abs(float(half - full)) < 2e-2 * float(full)
+
+
+def test_critic_unroll_is_a_setting_read_with_the_config():
+  """distill.critic_unroll: 'auto' (unrolled on CPU meshes), 'on', 'off'; anything else is a
+  config error before any work."""
+  from configs import toy_cond
+  from ibmd_jax import options
+  from ibmd_jax.errors import ConfigError
+  c = toy_cond.get_config()
+  assert options.distill_options(c).critic_unroll == "auto"
+  c.distill.critic_unroll = "off"
+  assert options.distill_options(c).critic_unroll == "off"
+  c.distill.critic_unroll = "sideways"
+  with pytest.raises(ConfigError, match="critic_unroll must be 'auto', 'on' or 'off'"):
+    options.distill_options(c)
