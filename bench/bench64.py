@@ -159,20 +159,26 @@ def report(args) -> int:
                             titles=TITLES)
 
 
+def add_stage_args(p, *, budget_s: float, min_start_s: float, eval_min_s: float,
+                   margin_s: float) -> None:
+  """The stage runner's time options (run_stages), with a driver's defaults."""
+  p.add_argument("--budget_s", type=float, default=budget_s,
+                 help="wall seconds for this call (0: no limit); then exit 75 to be called again")
+  p.add_argument("--min_start_s", type=float, default=min_start_s,
+                 help="start a stage only with this much budget left")
+  p.add_argument("--eval_min_s", type=float, default=eval_min_s,
+                 help="start an evaluation only with this much budget left")
+  p.add_argument("--margin_s", type=float, default=margin_s,
+                 help="seconds kept for saving and exiting after a stage's stop")
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--root", required=True, help="benchmark directory (one subdirectory per task)")
   p.add_argument("--tasks", default=",".join(TASKS),
                  help=f"comma-separated, from {','.join(TASKS)}")
-  p.add_argument("--budget_s", type=float, default=540.0,
-                 help="wall seconds for this call (0: no limit); then exit 75 to be called again")
-  p.add_argument("--min_start_s", type=float, default=90.0,
-                 help="start a training stage only with this much budget left")
-  p.add_argument("--eval_min_s", type=float, default=240.0,
-                 help="start an evaluation (not resumable) only with this much budget left")
-  p.add_argument("--margin_s", type=float, default=30.0,
-                 help="seconds kept for saving and exiting after a training stage's stop")
+  add_stage_args(p, budget_s=540.0, min_start_s=90.0, eval_min_s=240.0, margin_s=30.0)
   p.add_argument("--variant", default="full", choices=VARIANTS,
                  help="full: 64x64 (GPU, ~1 h); gpu9: 64x64 sized for 9-minute H200 calls; "
                  "cpu32: the 2-core CPU benchmark; tiny: a smoke run")

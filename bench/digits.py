@@ -412,14 +412,7 @@ def main(argv=None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--root", required=True, help="benchmark directory (one subdirectory per task)")
   p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {TASKS}")
-  p.add_argument("--budget_s", type=float, default=0.0,
-                 help="wall seconds for this call (0: no limit); then exit 75 to be called again")
-  p.add_argument("--min_start_s", type=float, default=60.0,
-                 help="start a stage only with this much budget left")
-  p.add_argument("--eval_min_s", type=float, default=60.0,
-                 help="start an evaluation (resumable set by set) only with this much left")
-  p.add_argument("--margin_s", type=float, default=20.0,
-                 help="seconds kept for saving and exiting after a stage's stop")
+  bench64.add_stage_args(p, budget_s=0.0, min_start_s=60.0, eval_min_s=60.0, margin_s=20.0)
   p.add_argument("--variant", default="full", choices=VARIANTS,
                  help="full: the benchmark (configs/digits.py); tiny: the reduced test run")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
