@@ -17,17 +17,17 @@ import json
 import os
 import re
 
-from tools import aot, split_compile
+from tools import aot, hlo, split_compile
 
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-_CHANNEL = re.compile(r"\s(" + "|".join(aot.COLLECTIVE_OPS) + r")(?:-start)?\([^)]*\), channel_id=(\d+)")
+_CHANNEL = re.compile(r"\s(" + "|".join(hlo.COLLECTIVE_OPS) + r")(?:-start)?\([^)]*\), channel_id=(\d+)")
 
 
 def breakdown(hlo_text: str) -> dict:
   """{op: {bytes, instructions, channels}} of a compiled module's text."""
-  sizes = aot.collective_bytes(hlo_text)
-  count = collections.Counter(m.group(2) for m in aot._COLLECTIVE.finditer(hlo_text))  # pylint: disable=protected-access
+  sizes = hlo.collective_bytes(hlo_text)
+  count = collections.Counter(m.group(2) for m in hlo._COLLECTIVE.finditer(hlo_text))  # pylint: disable=protected-access
   channels = collections.defaultdict(set)
   for op, ch in _CHANNEL.findall(hlo_text):
     channels[op].add(ch)
