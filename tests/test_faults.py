@@ -57,12 +57,7 @@ def _cfg(mode="distill", **over):
   # rounds continued to 8 is the run to 8
   c.distill.gen_optimizer.decay = "constant"
   c.distill.critic_optimizer.decay = "constant"
-  for key, value in over.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
+  c.update_from_flattened_dict(dict(over))  # dotted keys
   return c
 
 

@@ -433,12 +433,7 @@ def _fixture_overrides(fixture: str, teacher_dir: str) -> dict:
 
 
 def _apply(c, overrides):
-  for k, v in overrides.items():
-    node = c
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  c.update_from_flattened_dict(dict(overrides))  # dotted keys
   return c
 
 

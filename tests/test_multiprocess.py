@@ -34,12 +34,7 @@ def _args(over: dict, workdir: str) -> list:
 
 def _toy_config(over: dict):
   c = toy_cond.get_config()
-  for key, value in over.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
+  c.update_from_flattened_dict(dict(over))  # dotted keys
   return c
 
 
@@ -251,12 +246,7 @@ def test_image_pipeline_two_processes_equal_one(tmp_path):
   def cfg():
     c = i2sb_sr4_bicubic.get_config("tiny")
     c.mode = "pipeline"
-    for key, value in IMAGE.items():
-      node = c
-      *path, last = key.split(".")
-      for p in path:
-        node = node[p]
-      node[last] = value
+    c.update_from_flattened_dict(dict(IMAGE))  # dotted keys
     return c
 
   ref_prefix = str(tmp_path / "ref_data")
