@@ -196,6 +196,28 @@ def _write_between_markers(path: str, text: str, begin: str = BEGIN, end: str = 
   os.replace(tmp, path)
 
 
+def check_lines(res) -> tuple[list[str], bool]:
+  """The report's lines for a task's checks [(letter, what, ok, numbers)], and whether all pass."""
+  return ([f"- {'✅' if ok else '❌'} ({letter}) {what}: {nums}" for letter, what, ok, nums in res],
+          all(ok for _, _, ok, _ in res))
+
+
+def task_summary(rows: dict, res, secs: dict) -> dict:
+  """report.json's entry of a task: its rows, its checks, its stages' wall seconds."""
+  return {"rows": rows, "checks": [dict(check=c, what=w, ok=o, numbers=n) for c, w, o, n in res],
+          "stage_s": secs}
+
+
+def closing_lines(rec: dict, missing: list[str]) -> list[str]:
+  """The report's last lines: all stage time over the calls, and what is not evaluated yet."""
+  total = sum(v["s"] for v in rec["done"].values())
+  lines = ["", f"Stage time in all: {total:.0f} s ({total / 60:.1f} min) over "
+           f"{len(rec['calls'])} calls."]
+  if missing:
+    lines.append(f"Not evaluated yet: {'; '.join(missing)}.")
+  return lines
+
+
 def write(root: str, tasks, path: str, grids_dir: str, rec: dict, command: str,
           reps: int = 200, *, stages=(), titles=None) -> int:
   """The report of the tasks' finished stages (`stages`, in order; `titles`: {task: heading}),
@@ -222,20 +244,15 @@ def write(root: str, tasks, path: str, grids_dir: str, rec: dict, command: str,
               + ", ".join(f"{s} {v:.0f}" for s, v in secs.items() if v is not None), "",
               table(rows, meta), ""]
     res = checks(task, b, rows)
-    for letter, what, ok, nums in res:
-      all_ok &= ok
-      lines.append(f"- {'✅' if ok else '❌'} ({letter}) {what}: {nums}")
+    more, ok = check_lines(res)
+    lines += more
+    all_ok &= ok
     os.makedirs(grids, exist_ok=True)
     g = os.path.join(grids, f"{task}_grid.png")
     grid(g, sets, rows)
     lines.append(f"\n![{task}: columns as labelled]({os.path.relpath(g, out_dir)})")
-    summary[task] = {"rows": rows, "checks": [dict(check=c, what=w, ok=o, numbers=n)
-                                              for c, w, o, n in res], "stage_s": secs}
-  total = sum(v["s"] for v in rec["done"].values())
-  lines += ["", f"Stage time in all: {total:.0f} s ({total / 60:.1f} min) over "
-            f"{len(rec['calls'])} calls."]
-  if missing:
-    lines.append(f"Not evaluated yet: {'; '.join(missing)}.")
+    summary[task] = task_summary(rows, res, secs)
+  lines += closing_lines(rec, missing)
   _write_between_markers(path, "\n".join(lines))
   with open(os.path.join(root, "report.json"), "w") as f:
     json.dump(summary, f, indent=1)

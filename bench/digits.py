@@ -382,16 +382,11 @@ def report(args) -> int:
                   f"{s} {v:.0f}" for s, v in secs.items() if v is not None), "",
               table(rows, sets), ""]
     res = checks(task, b, rows)
-    for letter, what, ok, nums in res:
-      all_ok &= ok
-      lines.append(f"- {'✅' if ok else '❌'} ({letter}) {what}: {nums}")
-    summary[task] = {"rows": rows, "checks": [dict(check=c, what=w, ok=o, numbers=n)
-                                              for c, w, o, n in res], "stage_s": secs}
-  total = sum(v["s"] for v in rec["done"].values())
-  lines += ["", f"Stage time in all: {total:.0f} s ({total / 60:.1f} min) over "
-            f"{len(rec['calls'])} calls."]
-  if missing:
-    lines.append(f"Not evaluated yet: {'; '.join(missing)}.")
+    more, ok = bench_report.check_lines(res)
+    lines += more
+    all_ok &= ok
+    summary[task] = bench_report.task_summary(rows, res, secs)
+  lines += bench_report.closing_lines(rec, missing)
   text = "\n".join(lines)
   if args.report != "-":
     if os.path.exists(args.report):
