@@ -1,35 +1,14 @@
 """Every loop counted as many times as it runs (tools/loops.py, tools/estimates.py): the FLOP model
 against XLA's recorded counts, and estimates that scale with the critic steps."""
-import ast
-import importlib
 import json
 import os
 
 import pytest
 
+from bench import tpu_table
 from tools import estimates, loops
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _load(config_path, overrides):
-  c = importlib.import_module(config_path[:-3].replace("/", ".")).get_config()
-  for o in overrides:
-    key, raw = o[len("--config."):].split("=", 1)
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
-    c.update_from_flattened_dict({key: value})
-  return c
-
-
-def _entries():
-  try:
-    from tools import tpu_table  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    from bench import tpu_table  # pylint: disable=g-import-not-at-top
-  return tpu_table.ENTRIES
 
 
 def test_the_flop_model_with_loop_bodies_once_matches_every_recorded_xla_count():
@@ -37,17 +16,17 @@ def test_the_flop_model_with_loop_bodies_once_matches_every_recorded_xla_count()
   the model's count of the same: 1.00-1.09 on all 14 rows. A model that counted what the round
   runs (L critic steps, DBIM's 4-step chain) would be 1.26-2.5x off."""
   ratios = {}
-  for name, (config, _, overrides) in _entries().items():
+  for name in tpu_table.ENTRIES:
     rep = json.load(open(os.path.join(REPO, "docs/tpu_runs", name, "aot.json")))
     r = rep["programs"]["round"]
-    acc = loops.round_loops(_load(config, overrides))
+    acc = loops.round_loops(tpu_table._load_entry(name))  # what was compiled
     assert acc["source"].startswith("UNet")
     per_image = r["flops"] / (r["images"] / rep["chips"])
     ratios[name] = per_image / (acc["critic_xla"] + acc["gen_xla"])
   assert all(0.99 < v < 1.10 for v in ratios.values()), ratios
   # what the round runs: 2.4x XLA's count for five critic steps, 1.26x for DBIM (chain of 4)
-  i2sb = loops.round_loops(_load(*[_entries()["i2sb_v6e16"][k] for k in (0, 2)]))
-  dbim = loops.round_loops(_load(*[_entries()["dbim_v6e16"][k] for k in (0, 2)]))
+  i2sb = loops.round_loops(tpu_table._load_entry("i2sb_v6e16"))
+  dbim = loops.round_loops(tpu_table._load_entry("dbim_v6e16"))
   assert i2sb["factor"] == pytest.approx(2.375, abs=0.01)
   assert dbim["factor"] == pytest.approx(1.262, abs=0.01)
 
