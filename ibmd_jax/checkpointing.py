@@ -139,6 +139,16 @@ class _QuietDiskErrors(logging_std.Filter):
 _QUIET = _QuietDiskErrors()
 
 
+def one_writer_per_array():
+  """Orbax splits each replicated array between its replicas so that several hosts write parts of
+  it. In one process that is pure overhead: every part goes through an eagerly dispatched slice
+  (on 8 CPU devices, thousands of them per save of a small UNet: 2x the save time). Arrays are
+  then written whole from their first replica; several processes keep Orbax's default."""
+  if jax.process_count() == 1:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 def _quiet_disk_errors():
   if _QUIET not in logging_std.getLogger("absl").filters:
     logging_std.getLogger("absl").addFilter(_QUIET)
@@ -189,6 +199,7 @@ class RunCheckpointer:
     self.min_free = int(float(min_free_mb) * (1 << 20))
     self._last_saved = None  # the step of the save that may still be written in the background
     _quiet_disk_errors()
+    one_writer_per_array()
     self._open()
 
   def _open(self):

@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 
 from ibmd_jax import paths
 from ibmd_jax.bridges import Bridge
-from ibmd_jax.checkpointing import by_process_0
+from ibmd_jax.checkpointing import by_process_0, one_writer_per_array
 from ibmd_jax.errors import MissingPath, UnreadableCheckpoint
 from ibmd_jax.models import model_defaults, resolve_model_config
 
@@ -30,6 +30,7 @@ def save_teacher(directory: str, params: Any, meta: dict) -> None:
   paths.makedirs(directory)
   json.dumps(meta)  # fail before writing anything if meta is not JSON-serialisable
   params_dir = paths.for_orbax(paths.join(directory, "params"))  # Orbax writes gs:// itself
+  one_writer_per_array()
   with ocp.StandardCheckpointer() as ckptr:  # sharded arrays are written shard by shard
     ckptr.save(params_dir, params, force=True)
 
