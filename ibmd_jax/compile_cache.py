@@ -44,15 +44,18 @@ def resolve(setting: Optional[str], workdir: Optional[str] = None) -> Optional[s
   return paths.resolve(os.path.expandvars(s))
 
 
-def enable(cache_dir: Optional[str], min_compile_time_s: float = 1.0,
+def enable(cache_dir: Optional[str], min_compile_time_s: Optional[float] = None,
            min_entry_size_bytes: int = 0) -> Optional[str]:
   """Points JAX's persistent compilation cache at cache_dir (created); None leaves it off.
 
-  Programs that compile in less than min_compile_time_s are not written (0 writes every one).
+  Programs that compile in less than min_compile_time_s are not written (0 writes every one;
+  None: JAX's own setting JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS if set, else 1 s).
   Returns the directory.
   """
   if not cache_dir:
     return None
+  if min_compile_time_s is None:
+    min_compile_time_s = float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1.0))
   if min_compile_time_s < 0:
     raise ValueError(f"min_compile_time_s must be >= 0, got {min_compile_time_s}")
   try:

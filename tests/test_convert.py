@@ -181,8 +181,8 @@ def test_launcher_writes_a_loadable_teacher(tmp_path):
 
   name = "ddbm_adm_small"
   src, kwargs_json = _fixture(name + ".npz"), _fixture(name + ".json")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  env.pop("XLA_FLAGS", None)
+  from tests import envs
+  env = envs.one_device(JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   cmd = [sys.executable, "-m", "launch.convert", f"--src={src}", "--family=ddbm",
          f"--adm_kwargs={kwargs_json}", f"--workdir={tmp_path}", "--noprint_mapping"]
   res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -591,14 +591,15 @@ def _launch_args(workdir):
 
 def test_kill_9_during_saves_resumes_exactly_without_duplicate_metrics(tmp_path, teacher_dir,
                                                                        reference):
-  """Checkpoints at every round, so a kill lands in or near a save; three kills at random
-  points after rounds 2, 4 and 6 are logged, then the run is finished: the same losses as the
+  """Checkpoints at every round, so a kill lands in or near a save; kills at random points after
+  rounds 2 and 6 and a SIGTERM after round 4 (a preemption notice: exit 143 after a final save,
+  no metrics beyond the saved step), then the run is finished: the same losses as the
   uninterrupted run, every round logged once, the rows of the killed runs superseded. While the
   first one runs, a second launcher on its workdir is refused."""
   workdir = _workdir(tmp_path, teacher_dir)
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
   rng = random.Random(0)
-  kills = 0
+  kills = terms = 0
   for after in (2, 4, 6):
     proc = subprocess.Popen(_launch_args(workdir), cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -613,12 +614,22 @@ def test_kill_9_during_saves_resumes_exactly_without_duplicate_metrics(tmp_path,
                   in second.stderr), second.stderr
           assert "Traceback" not in second.stderr
           proc.send_signal(signal.SIGCONT)
+        if after == 4:  # SIGTERM: the launcher saves the state it holds and exits 143
+          proc.send_signal(signal.SIGTERM)
+          rest = proc.communicate(timeout=120)[0]
+          assert proc.returncode == 143, rest
+          assert "SIGTERM: saved step" in rest, rest
+          saved = _steps(workdir)
+          assert saved and max(saved) >= 4, saved
+          assert max(r["step"] for r in _rows(workdir)) <= max(saved)
+          terms += 1
+          break
         time.sleep(rng.uniform(0.0, 0.05))  # somewhere in the next save or step
         proc.send_signal(signal.SIGKILL)
         kills += 1
         break
     proc.wait(timeout=60)
-  assert kills == 3
+  assert (kills, terms) == (2, 1)
   r = subprocess.run(_launch_args(workdir), cwd=REPO, env=env, capture_output=True, text=True,
                      timeout=600)
   assert r.returncode == 0, r.stdout + r.stderr

@@ -277,9 +277,8 @@ def _check_eval(workdir, c):
 
 
 def _cli_env():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  env.pop("XLA_FLAGS", None)  # one CPU device, as a user's run on a laptop
-  return env
+  from tests import envs
+  return envs.one_device(JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
 
 
 def _launch(module, *args, timeout=1500):

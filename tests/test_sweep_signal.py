@@ -1,11 +1,14 @@
-"""Sweep expansion, and SIGTERM during a distillation run triggers a final save. (kill -9: the
-repeated kills during saves of tests/test_faults.py.)"""
+"""Sweep expansion, and SIGTERM during a distillation run triggers a final save (slow: the default
+suite checks the same, and the exact resume after it, in tests/test_faults.py's kill -9 test,
+whose second interruption is a SIGTERM; kill -9: the repeated kills during saves there.)"""
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from launch import sweep
 
@@ -33,6 +36,7 @@ def test_sweep_prints_commands_without_running(tmp_path):
   assert len(lines) == 4 and not any(p.is_dir() for p in tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_final_checkpoint(tmp_path):
   workdir = tmp_path / "run"
   args = [sys.executable, "-m", "launch.main", "--config=configs/toy_cond.py", f"--workdir={workdir}",

@@ -47,7 +47,12 @@ def _state_bytes_per_chip(abstract) -> int:
 
 
 @needs_libtpu
-@pytest.mark.parametrize("topology,fsdp,hosts", [("v5e:2x2", 2, 1), ("v5e:4x4", 1, 4)])
+# v5e:4x4 with fsdp 2: a 4-host slice and a state split over fsdp in one compile; the others are
+# the same checks on other slices (slow)
+@pytest.mark.parametrize("topology,fsdp,hosts", [
+    ("v5e:4x4", 2, 4),
+    pytest.param("v5e:2x2", 2, 1, marks=pytest.mark.slow),
+    pytest.param("v5e:4x4", 1, 4, marks=pytest.mark.slow)])
 def test_teacher_step_compiles_for_a_slice_and_its_memory_adds_up(tmp_path, topology, fsdp,
                                                                   hosts):
   from ibmd_jax import programs, run
@@ -248,6 +253,7 @@ def test_search_from_the_launcher_compiles_and_prints_the_overrides(tmp_path):
 
 
 @needs_libtpu
+@pytest.mark.slow  # the default suite: test_a_quick_search_confirms_its_winner_at_xlas_default_effort
 def test_a_quick_search_from_the_launcher_reaches_xla_and_reports_the_default_compile(tmp_path):
   """search_quick with the real compiler (toy round, v5e:2x2, one candidate): the quick compile is
   a different program (fewer instructions: XLA took the option) and the winner is the default."""
@@ -445,6 +451,7 @@ def test_collective_bytes_and_their_breakdown_read_off_hlo_text():
 
 
 @needs_libtpu
+@pytest.mark.slow  # a bench script's two TPU compiles; its unknown-key error: test_compile_time_bench_refuses_unknown_keys
 def test_compile_time_bench_compares_variants_and_passes_xla_options(tmp_path):
   """bench/compile_time.py: config overrides and ``xla.`` compiler options per variant; XLA's
   lowest effort is a smaller program; an unknown key is refused by name."""
@@ -569,3 +576,9 @@ def test_the_round_estimate_counts_every_critic_step(tmp_path):
   assert f5["loop_factor"] == pytest.approx(27 / 11)
   assert f5["flops_run"] / f5["flops"] == pytest.approx((5 * c1 + g1) / (c1 + g1), rel=0.1)
   assert "| round |" in (tmp_path / "False5" / "aot.md").read_text()
+
+
+def test_compile_time_bench_refuses_unknown_keys():
+  from bench import compile_time
+  with pytest.raises(SystemExit, match="no such config key"):
+    compile_time.apply(compile_time.load("configs/toy_cond.py"), "distill.not_a_key=1", {})

@@ -146,8 +146,8 @@ REDUCED = ("teacher.steps=400", "distill.rounds=30", "distill.gen_optimizer.lr=5
 def _launch(workdir, *flags):
   """The launcher in a process of its own with one CPU device, as the benchmark runs (this test
   process has 8 fake devices, which split a batch of 8 into rows of one)."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["PYTHONPATH"] = REPO
+  from tests import envs
+  env = envs.one_device(PYTHONPATH=REPO)
   r = subprocess.run([sys.executable, "-m", "launch.main", "--config=configs/bench64.py:inpaint,tiny",
                       f"--workdir={workdir}",
                       f"--compilation_cache={os.environ.get('IBMD_TEST_JAX_CACHE', 'off')}",
