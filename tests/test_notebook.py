@@ -113,8 +113,15 @@ def test_digits_judge_scores_a_saved_run(tmp_path):
       "teacher": {"1": timing(0.01), "4": timing(0.04)}, "student": {"1": timing(0.01)}}))
   samples = {"student/1": np.stack([ev["x0"]] * 2),
              "teacher/4": np.stack([ev["x0"], noisy]).astype(np.float32)}
-  out = digits_eval.score_run(str(tmp_path), reps=50, samples=samples, classifier_steps=150)
+  expected = tmp_path / "expected.json"  # the student (the reference itself) "should" be worse
+  expected.write_text(json.dumps({"_source": "test", "student/1": {"fd": [1.0, 3.0],
+                                                                   "ca": [0.0, 1.0]},
+                                  "teacher/4": {"psnr": [0.0, 100.0]}}))
+  out = digits_eval.score_run(str(tmp_path), reps=50, samples=samples, classifier_steps=150,
+                              expected=str(expected))
   rows = out["rows"]
+  assert len(out["outside"]) == 1 and out["outside"][0].startswith("student/1 fd = "), out
+  assert "1 of 3 numbers OUTSIDE" in open(out["markdown"]).read()
   fd = {k: v["fd"]["value"] for k, v in rows.items()}
   assert fd["student/1"] < 1e-6 < fd["teacher/4"] < fd["teacher/1"], fd
   assert out["best_teacher"] == "teacher/4" and out["fd_ratio"]["student/1"] < 1e-6

@@ -199,8 +199,25 @@ def one_per_class(labels: np.ndarray) -> np.ndarray:
   return np.asarray([int(np.flatnonzero(labels == k)[0]) for k in np.unique(labels)])
 
 
+def outside_expected(rows: dict, expected: dict) -> tuple[list[str], int]:
+  """([one line per number outside its expected [lo, hi]], how many numbers were checked).
+  expected: {set name: {metric: [lo, hi]}} (keys starting with '_' are comments)."""
+  out, checked = [], 0
+  for name, ranges in expected.items():
+    if name.startswith("_") or name not in rows:
+      continue
+    for metric, (lo, hi) in ranges.items():
+      if metric not in rows[name]:
+        continue
+      checked += 1
+      v = rows[name][metric]["value"]
+      if not lo <= v <= hi:
+        out.append(f"{name} {metric} = {v:.4g}, outside the expected [{lo:g}, {hi:g}]")
+  return out, checked
+
+
 def score_run(workdir: str, classifier: str = "", reps: int = 200, samples: Optional[dict] = None,
-              classifier_steps: int = 500) -> dict:
+              classifier_steps: int = 500, expected: str = "") -> dict:
   """The digit classifier's view of a digits run (configs/digits.py, mode pipeline or eval with
   eval.save_outputs=True, which keeps every set's outputs in <workdir>/eval/outputs.npz).
 
@@ -212,8 +229,10 @@ def score_run(workdir: str, classifier: str = "", reps: int = 200, samples: Opti
     digits_grid.png     one digit of every class: input | teacher at every NFE | student | reference
     digits_quality.png  FD and CA against NFE and against time per image
   classifier: its .npz (ibmd_jax.eval.digits.load_or_train: trained there if missing; default
-  <workdir>/classifier.npz). Returns {'rows', 'table', 'best_teacher', 'fd_ratio', 'markdown',
-  'grid', 'plot', 'classifier'}.
+  <workdir>/classifier.npz). expected: a JSON file of expected intervals ({set: {metric: [lo,
+  hi]}}, e.g. docs/results/digits_demo/expected.json for the demo's config): the report marks every
+  number outside them. Returns {'rows', 'table', 'best_teacher', 'fd_ratio', 'markdown', 'grid',
+  'plot', 'classifier', 'outside'}.
   """
   from ibmd_jax import paths, report  # pylint: disable=g-import-not-at-top
   from ibmd_jax.data import pipelines  # pylint: disable=g-import-not-at-top
@@ -278,6 +297,13 @@ def score_run(workdir: str, classifier: str = "", reps: int = 200, samples: Opti
     lines.append(f"- {s}: FD {rows[s]['fd']['value']:.3g} = {r:.2f} × the best teacher's "
                  f"({best}, {rows[best]['fd']['value']:.3g}); FD({s}) − FD({best}) = "
                  f"{d['value']:.3g} [{d['lo']:.3g}, {d['hi']:.3g}]")
+  outside = []
+  if expected:
+    outside, checked = outside_expected(rows, json.loads(paths.read_text(expected)))
+    lines += ["", f"Against the expected results ({expected}): " + (
+        f"all {checked} numbers within their intervals." if not outside else
+        f"{len(outside)} of {checked} numbers OUTSIDE their intervals:")]
+    lines += [f"- ⚠️ {o}" for o in outside]
   lines += ["", "![digits](digits_grid.png)", "",
             "Columns: " + " | ".join(c for c, _ in cols) + " (one held-out digit per class).", "",
             "![quality](digits_quality.png)", ""]
@@ -285,7 +311,8 @@ def score_run(workdir: str, classifier: str = "", reps: int = 200, samples: Opti
   with open(markdown, "w") as f:
     f.write("\n".join(lines))
   return {"rows": rows, "table": text, "best_teacher": best, "fd_ratio": ratio,
-          "markdown": markdown, "grid": grid, "plot": plot, "classifier": meta}
+          "markdown": markdown, "grid": grid, "plot": plot, "classifier": meta,
+          "outside": outside}
 
 
 def main(argv=None) -> int:
@@ -295,9 +322,11 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", required=True)
   p.add_argument("--classifier", default="", help="default <workdir>/classifier.npz")
   p.add_argument("--reps", type=int, default=200)
+  p.add_argument("--expected", default="", help="JSON of expected intervals: the report marks "
+                 "numbers outside them (docs/results/digits_demo/expected.json: the demo's)")
   args = p.parse_args(argv)
   try:
-    out = score_run(args.workdir, args.classifier, args.reps)
+    out = score_run(args.workdir, args.classifier, args.reps, expected=args.expected)
   except FileNotFoundError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
