@@ -322,34 +322,10 @@ def checks(task: str, b, rows: dict) -> list[tuple[str, str, bool, str]]:
   return out
 
 
-COLS = (("fd", "FD (classifier) ↓", ".3g"), ("ca", "CA ↑", ".3f"), ("psnr", "PSNR ↑", ".2f"),
-        ("ssim", "SSIM ↑", ".3f"), ("diversity", "diversity ↑", ".4f"))
-LABELS = {"input": "degraded input", "teacher": "teacher (DDPM / ancestral, η = 1)",
-          "teacher_eta0": "teacher (DBIM, η = 0)", "student": "IBMD student",
-          "untrained": "generator, never updated (control)",
-          "nocritic": "IBMD without the critic term (ablation)"}
-
-
-def _cell(r, fmt: str) -> str:
-  if r is None:
-    return "–"
-  return f"{r['value']:{fmt}} [{r['lo']:{fmt}}, {r['hi']:{fmt}}]"
-
-
 def table(rows: dict, sets: dict) -> str:
-  def key(n):
-    g, _, c = n.partition("/")
-    order = ["input", "teacher", "teacher_eta0", "untrained", "nocritic", "student"]
-    return (order.index(g) if g in order else 9, int(c or 0))
-  lines = ["| set | NFE | " + " | ".join(t for _, t, _ in COLS) + " | ms / image |",
-           "|" + "---|" * (len(COLS) + 3)]
-  for name in sorted(rows, key=key):
-    g, _, count = name.partition("/")
-    sec = sets.get(name, {}).get("s_per_image")
-    lines.append(f"| {LABELS.get(g, g)} | {count or '–'} | "
-                 + " | ".join(_cell(rows[name].get(m), f) for m, _, f in COLS)
-                 + f" | {'–' if sec is None else f'{float(sec) * 1e3:.3g}'} |")
-  return "\n".join(lines)
+  """The metrics table (ibmd_jax.eval.digits.table: shared with the notebook and the demo)."""
+  from ibmd_jax.eval import digits as digits_eval  # pylint: disable=g-import-not-at-top
+  return digits_eval.table(rows, sets)
 
 
 def report(args) -> int:
