@@ -27,7 +27,10 @@ from launch import local_pod
 # so the test starts 3 pods, not 4, the network is one hidden layer (a third less to compile than
 # 3), the evaluation is the student's alone, and checkpoints are the ones the faults need: step 1
 # (Orbax's first), the SIGTERM step and the ends.
-STEPS, ROUNDS = 12, 10  # teacher steps, distillation rounds
+# Teacher steps and distillation rounds: a step costs 0.1-0.5 s, a compile tens of seconds; these
+# leave room to kill or signal mid-loop on a fast machine (the kill comes after the first
+# checkpoint, at step >= 2; SIGTERM after round 2).
+STEPS, ROUNDS = 16, 12
 TOY = {"mode": "pipeline", "model.width": 16, "model.depth": 1, "teacher.steps": STEPS,
        "teacher.batch_size": 64, "teacher.save_every": 0, "distill.rounds": ROUNDS,
        "distill.batch_size": 16, "distill.critic_steps": 1, "checkpoint.every": 100,
