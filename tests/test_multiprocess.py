@@ -2,7 +2,7 @@
 
 `launch.local_pod` starts N processes of `python -m launch.main --config.distributed=True`, each
 with its own CPU devices, gloo collectives and one shared workdir. The tests compare them with a
-1-process run on 8 devices (this pytest process, tests/conftest.py), from the data each process
+1-process launcher run on 8 devices (the same command and XLA flags), from the data each process
 fed (IBMD_JAX_DATA_LOG: a hash per row per step, ibmd_jax/data_log.py) and from the metrics, and
 break them the ways a pod breaks: SIGTERM to every process (maintenance), kill -9 of one process
 (a host dies), a restart with another process count.
