@@ -95,13 +95,15 @@ def _steps(workdir, sub="teacher_checkpoints"):
 
 # XLA's CPU backend at LLVM -O0: these programs compile in about half the CPU time (the pod tests'
 # main cost, paid again by every process at every start) and run fast enough. The 1-process
-# reference is a launcher process with the same flags, so both sides run the same code.
+# reference is a launcher process with the same flags, so both sides run the same code (the suite
+# sets it too, tests/conftest.py; added here if absent).
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 
 def _env(data_prefix=None) -> dict:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = " ".join([*env.get("XLA_FLAGS", "").split(), FAST_COMPILE])
+  flags = env.get("XLA_FLAGS", "").split()
+  env["XLA_FLAGS"] = " ".join(flags + ([] if FAST_COMPILE in flags else [FAST_COMPILE]))
   env.pop(data_log.ENV, None)
   if data_prefix:
     env[data_log.ENV] = data_prefix
