@@ -6,13 +6,8 @@ import json
 import os
 from typing import Optional
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+from PIL import Image, ImageDraw
 
 
 def format_table(results: dict, columns: list) -> str:
@@ -79,6 +74,11 @@ def plot_quality(results: dict, path: str, ylabel: str = "energy distance", *,
   panels: one figure row per (metric key, axis label, log y-axis). baselines: {label: {metric:
   value}} drawn as horizontal lines. Missing or non-finite values are left out. Returns the path.
   """
+  import matplotlib  # here, not at import: 1 s of every launcher process's start (issue 37)
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import matplotlib.ticker
+
   if panels is None:
     panels = [("ed", ylabel, True)]
   baselines = baselines or {}

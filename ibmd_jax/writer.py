@@ -15,10 +15,16 @@ from absl import logging
 from ibmd_jax import paths
 from ibmd_jax.errors import DISK_ERRNOS, DiskFullError
 
-try:  # TensorBoard event files without TensorFlow; optional
-  from tensorboardX import SummaryWriter
-except ImportError:  # pragma: no cover - tensorboardX is an install requirement
-  SummaryWriter = None
+
+def _summary_writer():
+  """tensorboardX's SummaryWriter, or None. Imported by process 0 only, when it opens the writer:
+  tensorboardX imports torch when torch is installed (2.5 s of a process's 7.6 s of imports), and
+  every other process of a multi-process run would pay it for nothing."""
+  try:  # TensorBoard event files without TensorFlow; optional
+    from tensorboardX import SummaryWriter
+  except ImportError:  # pragma: no cover - tensorboardX is an install requirement
+    return None
+  return SummaryWriter
 
 
 class MetricWriter:
@@ -30,6 +36,7 @@ class MetricWriter:
     self.tb = None
     if self.active:
       paths.makedirs(workdir)
+      SummaryWriter = _summary_writer()
       if SummaryWriter is None:
         logging.warning("tensorboardX is not installed: metrics go to metrics.jsonl only")
       elif paths.is_remote(workdir):

@@ -10,7 +10,7 @@ XLA_FLAGS=--xla_force_host_platform_device_count=<devices_per_process>. All shar
 as the hosts of a pod share a filesystem. Every output line is prefixed with [p<i>]; with
 --log_dir each process's output goes to <log_dir>/p<i>.log instead. SIGTERM / Ctrl-C is passed
 to every process (a maintenance event: they save one checkpoint and exit with 143). The exit code
-is the first nonzero one of the processes (0 when all succeed).
+is the first nonzero one of the processes (0 when all succeed; 128 + S for one ended by signal S).
 
 From Python (tests/test_multiprocess.py): `pod = start(2, 4, args, log_dir=...)`,
 `pod.wait(timeout)`, `pod.signal(signal.SIGTERM)`, `pod.procs[1].kill()`.
@@ -105,11 +105,16 @@ def start(num_processes: int, devices_per_process: int, args: Sequence[str],
   if log_dir:
     os.makedirs(log_dir, exist_ok=True)
   if not any(a.startswith("--compilation_cache") for a in args):
-    # JAX's persistent cache is written by process 0 only, and the other processes' keys of their
-    # local programs differ: they compile what process 0 loads, and one 30 s behind at a
-    # collective is dropped by gloo ("Gloo context initialization failed: ... GetKeyValue() timed
-    # out"). Without the cache all processes compile alike and stay in step.
+    # JAX's persistent cache never serves process 1, ... on CPU: it is written by process 0 only,
+    # and a CPU program's cache key holds the topology fingerprint of the process that compiles
+    # it, which differs from process to process (jax 0.10: each process but 0 misses every
+    # program, checked with jax_explain_cache_misses). So process 0 loads what the others compile,
+    # and one 30 s behind at a collective is dropped by gloo ("Gloo context initialization
+    # failed: ... GetKeyValue() timed out"). Without the cache all processes compile alike and
+    # stay in step.
     args = [*args, "--compilation_cache=off"]
+  setting = [a.split("=", 1)[1] for a in args if a.startswith("--compilation_cache=")]
+  cache_off = setting and setting[-1].strip().lower() in ("", "off", "none", "false", "0")
   for i in range(num_processes):
     cmd = [sys.executable, "-m", module, *args, "--config.distributed=True",
            f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
@@ -117,6 +122,11 @@ def start(num_processes: int, devices_per_process: int, args: Sequence[str],
            f"--distributed_init_s={max(60, 3 * heartbeat_s)}",
            f"--distributed_shutdown_s={max(30, 3 * heartbeat_s)}"]
     penv = process_env(devices_per_process, env)
+    if cache_off:
+      # JAX reads this variable itself, and the launcher's 'off' leaves a cache it set on (the
+      # test suite sets it: tests/conftest.py): one process writing a big program to the cache
+      # while the other waits at the first collective failed a 2-process run after gloo's 30 s
+      penv.pop("JAX_COMPILATION_CACHE_DIR", None)
     if log_dir:
       path = os.path.join(log_dir, f"p{i}.log")
       with open(path, "wb") as out:
@@ -159,8 +169,24 @@ def main(argv: Sequence[str]) -> int:
   signal.signal(signal.SIGTERM, forward)
   signal.signal(signal.SIGINT, forward)
   codes = pod.wait()
-  print(f"[local_pod] exit codes {codes} after {time.time() - pod.started:.1f} s", flush=True)
-  return next((c for c in codes if c), 0)
+  print(f"[local_pod] exit codes {describe(codes)} after {time.time() - pod.started:.1f} s",
+        flush=True)
+  first = next((c for c in codes if c), 0)
+  return 128 - first if first < 0 else first  # killed by signal S: 128 + S, as a shell says
+
+
+def describe(codes: Sequence[Optional[int]]) -> str:
+  """Exit codes with the signal's name for a process a signal ended: '[-9 (SIGKILL), 69]'."""
+  out = []
+  for c in codes:
+    if c is not None and c < 0:
+      try:
+        out.append(f"{c} ({signal.Signals(-c).name})")
+        continue
+      except ValueError:
+        pass
+    out.append(str(c))
+  return "[" + ", ".join(out) + "]"
 
 
 if __name__ == "__main__":
