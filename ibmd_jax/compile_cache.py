@@ -52,7 +52,8 @@ def enable(cache_dir: Optional[str], min_compile_time_s: Optional[float] = None,
   None: JAX's own setting JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS if set, else 1 s).
   Returns the directory.
   """
-  if not cache_dir:
+  if not cache_dir:  # off, even where JAX_COMPILATION_CACHE_DIR names one
+    jax.config.update("jax_compilation_cache_dir", None)
     return None
   if min_compile_time_s is None:
     min_compile_time_s = float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1.0))
