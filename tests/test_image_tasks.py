@@ -359,7 +359,10 @@ def _numpy_params(problem, seed=0):
   return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
-@pytest.mark.parametrize("name", ["i2sb_inpaint", "dbim_inpaint256"])
+@pytest.mark.parametrize("name", [
+    "i2sb_inpaint",
+    # slow (40 s): the default suite runs the DMD2 multi-step round in tests/test_method.py
+    pytest.param("dbim_inpaint256", marks=pytest.mark.slow)])
 def test_tiny_inpainting_runs_a_round(name):
   """Centre inpainting: masks (1 = the 8x8 hole of 16x16) reach the round, I2SB's variant has no
   noise input and a 4-step full-chain generator, DBIM's a class label (fixed: the photographs
@@ -450,7 +453,10 @@ def _convert(tmp_path, fixture):
   return os.path.join(workdir, "teacher")
 
 
-@pytest.mark.parametrize("fixture", sorted(FIXTURE_SETUPS))
+# DDBM's (slow, 32 s): its conversion is checked against the original network's output in the
+# default suite (tests/test_convert.py, tests/test_parity.py)
+@pytest.mark.parametrize("fixture", [
+    "i2sb_adm_small", pytest.param("ddbm_adm_small", marks=pytest.mark.slow)])
 def test_converted_teacher_initialises_generator_and_samples(tmp_path, fixture):
   """launch.convert -> a teacher the setup's config accepts; the distillation state starts from
   the converted weights (critic equal, generator equal but for zero z weights), so the round-0

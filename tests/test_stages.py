@@ -9,22 +9,31 @@ import os
 
 import pytest
 
+from configs import toy_cond
 from ibmd_jax import run as runner
 from ibmd_jax import train
 from ibmd_jax.errors import ConfigError
 from tests.test_image_tasks import load_config
 
 
-def _tiny(mode, **over):
-  c = load_config("bench64", "sr4,tiny")
-  # one resolution level with its attention block: resuming is what is tested, not the network
-  c.model.update(channel_mult=(1,), attention_resolutions=(1,), num_res_blocks=1)
+def _tiny(mode, kind="image", **over):
+  if kind == "toy":
+    c = toy_cond.get_config()
+    c.model.width = 32
+    c.teacher.batch_size, c.distill.batch_size, c.distill.critic_steps = 64, 16, 2
+    c.eval.teacher_nfes, c.eval.num_conditions, c.eval.samples_per_condition = (1,), 2, 8
+    c.log_every = 1
+  else:
+    c = load_config("bench64", "sr4,tiny")
+    # one resolution level with its attention block: resuming is what is tested, not the network
+    c.model.update(channel_mult=(1,), attention_resolutions=(1,), num_res_blocks=1)
   c.mode = mode
   c.teacher.steps = 3
   c.teacher.save_every = 2
   c.distill.rounds = 2
   c.checkpoint.every = 1000
-  c.eval.grid_nfes = (1,)
+  if kind == "image":
+    c.eval.grid_nfes = (1,)
   for k, v in over.items():
     c[k] = v
   return c
@@ -44,10 +53,14 @@ def _steps(directory):
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
-def test_stop_after_s_cuts_teacher_and_distillation_into_resumable_calls(tmp_path, capsys):
+# The toy runs in the default suite (the same loop, checkpoints and stop/resume code); the image
+# run (slow: 190 s of the suite) adds the grain data position of an image task (checked at the data
+# level in the default suite too: tests/test_data.py's worker-process resume test).
+@pytest.mark.parametrize("kind", ["toy", pytest.param("image", marks=pytest.mark.slow)])
+def test_stop_after_s_cuts_teacher_and_distillation_into_resumable_calls(tmp_path, capsys, kind):
   ref = str(tmp_path / "ref")
-  runner.run(_tiny("teacher"), ref)
-  runner.run(_tiny("distill"), ref)  # the uninterrupted distillation from that teacher
+  runner.run(_tiny("teacher", kind), ref)
+  runner.run(_tiny("distill", kind), ref)  # the uninterrupted distillation from that teacher
 
   run = str(tmp_path / "run")
   calls = 0
@@ -56,7 +69,7 @@ def test_stop_after_s_cuts_teacher_and_distillation_into_resumable_calls(tmp_pat
       calls += 1
       assert calls < 20
       try:
-        runner.run(_tiny(mode, stop_after_s=1e-6), run)  # every call: one step, then stop
+        runner.run(_tiny(mode, kind, stop_after_s=1e-6), run)  # every call: one step, then stop
         break
       except SystemExit as e:
         assert e.code == train.EXIT_RESUME
@@ -86,15 +99,16 @@ def test_stop_after_s_cuts_teacher_and_distillation_into_resumable_calls(tmp_pat
   for step in (1, 2):
     for k in ("gen_loss", "critic_loss", "gen_grad_norm"):
       assert b[step][k] == pytest.approx(a[step][k], rel=1e-4, abs=1e-7), (step, k)
-  assert os.path.isdir(os.path.join(run, "checkpoints", "1", "data"))
+  if kind == "image":  # the grain iterator's position, an Orbax item of the checkpoint
+    assert os.path.isdir(os.path.join(run, "checkpoints", "1", "data"))
 
 
 def test_teacher_checkpoint_beyond_the_configured_steps_is_refused(tmp_path):
   run = str(tmp_path / "run")
   for _ in range(2):  # one step per call: saved steps 1 and 2
     with pytest.raises(SystemExit):
-      runner.run(_tiny("teacher", stop_after_s=1e-6), run)
-  c = _tiny("teacher")
+      runner.run(_tiny("teacher", "toy", stop_after_s=1e-6), run)
+  c = _tiny("teacher", "toy")
   c.teacher.steps = 1  # the saved step 2 is beyond it
   with pytest.raises(ConfigError, match=r"holds step 2 but --config.teacher.steps=1: pass "
                                         r"teacher.steps >= 2"):

@@ -274,6 +274,7 @@ def test_a_quick_search_from_the_launcher_reaches_xla_and_reports_the_default_co
 
 
 @needs_libtpu
+@pytest.mark.slow  # two TPU compiles of the round (30 s of the suite)
 def test_a_bfloat16_frozen_teacher_shrinks_the_rounds_arguments_by_half_the_teacher(tmp_path):
   """distill.teacher_dtype=bfloat16 in the compiled round: a chip's arguments drop by half the
   teacher's bytes on that chip, up to TPU tile padding (toy network, v5e:2x2, replicated)."""
@@ -386,6 +387,7 @@ def test_pass_times_and_the_table_are_read_from_what_xla_and_the_queue_wrote(tmp
 
 
 @needs_libtpu
+@pytest.mark.slow  # the default suite compiles split rounds in test_the_round_estimate_counts_every_critic_step
 def test_a_split_round_compiles_as_two_programs_and_reports_the_larger_one(tmp_path, capsys):
   """distill.split_round=True in compile mode (toy round, v5e:2x2): the critic program and the
   generator program are compiled; the round's arguments / temporaries are one program's, its code

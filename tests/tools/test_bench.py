@@ -325,6 +325,7 @@ def test_launcher_writes_the_compilation_cache(tmp_path):
   assert os.path.isdir(cache)
 
 
+@pytest.mark.slow  # a bench script's replay of a launcher run (37 s of the suite)
 def test_toy_trajectory_ends_at_the_launchers_student_distance(tmp_path):
   """bench/toy_trajectory.py replays the launcher's distillation: its last EMA distance is the
   launcher's student_1step_ed for the same config and seed."""
