@@ -139,14 +139,19 @@ class _QuietDiskErrors(logging_std.Filter):
 _QUIET = _QuietDiskErrors()
 
 
+_ONE_WRITER = False
+
+
 def one_writer_per_array():
   """Orbax splits each replicated array between its replicas so that several hosts write parts of
   it. In one process that is pure overhead: every part goes through an eagerly dispatched slice
   (on 8 CPU devices, thousands of them per save of a small UNet: 2x the save time). Arrays are
   then written whole from their first replica; several processes keep Orbax's default."""
-  if jax.process_count() == 1:
+  global _ONE_WRITER
+  if jax.process_count() == 1 and not _ONE_WRITER:  # once: Orbax logs every override
     ocp.type_handlers.register_type_handler(
         jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    _ONE_WRITER = True
 
 
 def _quiet_disk_errors():

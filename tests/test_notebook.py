@@ -28,17 +28,22 @@ def notebook_script(name: str, replace: dict) -> str:
   return script
 
 
+def _run(script: str) -> subprocess.CompletedProcess:
+  """A notebook's script in a process of its own with one CPU device, as a Colab runtime (the
+  suite's 8 fake ones cost time)."""
+  return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+                                 XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+                        timeout=600)
+
+
 def test_colab_notebook_runs(tmp_path):
   # Shrink the run further for the test suite; the notebook's own sizes are for Colab.
   script = notebook_script("colab_toy.ipynb", {
       "/tmp/ibmd_colab_toy": str(tmp_path / "run"),
       "config.teacher.steps = 600": "config.teacher.steps = 100",
       "config.distill.rounds = 150": "config.distill.rounds = 10"})
-  r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                     env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-                              # one device, as a Colab runtime (the suite's 8 fake ones cost time)
-                              XLA_FLAGS="--xla_force_host_platform_device_count=1"),
-                     timeout=600)
+  r = _run(script)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   assert "IBMD student" in r.stdout
   assert (tmp_path / "run" / "samples.png").stat().st_size > 1000
@@ -65,10 +70,7 @@ def test_colab_digits_notebook_runs(tmp_path):
       # a 2-step student of a 10-step teacher is not better than anything: drop the run's check
       "assert fd['student/1'] < fd['teacher/1'], fd": "",
       "assert fd['student/1'] < fd['input'], fd": ""})
-  r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                     env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-                              XLA_FLAGS="--xla_force_host_platform_device_count=1"),
-                     timeout=600)
+  r = _run(script)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   for f in ("config.json", "metrics.jsonl", "teacher/teacher.json", "eval/report.md",
             "eval/metrics.json", "eval/outputs.npz", "eval/quality_vs_nfe.png"):
