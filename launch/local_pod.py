@@ -113,8 +113,6 @@ def start(num_processes: int, devices_per_process: int, args: Sequence[str],
     # failed: ... GetKeyValue() timed out"). Without the cache all processes compile alike and
     # stay in step.
     args = [*args, "--compilation_cache=off"]
-  setting = [a.split("=", 1)[1] for a in args if a.startswith("--compilation_cache=")]
-  cache_off = setting and setting[-1].strip().lower() in ("", "off", "none", "false", "0")
   for i in range(num_processes):
     cmd = [sys.executable, "-m", module, *args, "--config.distributed=True",
            f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
@@ -122,11 +120,6 @@ def start(num_processes: int, devices_per_process: int, args: Sequence[str],
            f"--distributed_init_s={max(60, 3 * heartbeat_s)}",
            f"--distributed_shutdown_s={max(30, 3 * heartbeat_s)}"]
     penv = process_env(devices_per_process, env)
-    if cache_off:
-      # JAX reads this variable itself, and the launcher's 'off' leaves a cache it set on (the
-      # test suite sets it: tests/conftest.py): one process writing a big program to the cache
-      # while the other waits at the first collective failed a 2-process run after gloo's 30 s
-      penv.pop("JAX_COMPILATION_CACHE_DIR", None)
     if log_dir:
       path = os.path.join(log_dir, f"p{i}.log")
       with open(path, "wb") as out:
