@@ -16,6 +16,7 @@ import json
 import logging as logging_std
 import os
 import shutil
+import sys
 import time
 from typing import Any, Optional
 
@@ -154,9 +155,34 @@ def one_writer_per_array():
     _ONE_WRITER = True
 
 
+def _orphan_callback(args) -> bool:
+  """Whether an unraisable error is a TensorStore write's completion callback that found Orbax's
+  event loop already closed: when one write of a save fails (full disk), Orbax's save coroutine
+  ends and closes its loop while the save's other writes are still running; each of them, on
+  finishing, raises 'Event loop is closed' in TensorStore's thread, which hands it to
+  sys.unraisablehook (a bare traceback on stderr). RunCheckpointer reports the failure itself in
+  one line; these say nothing more."""
+  exc, tb = args.exc_value, args.exc_traceback
+  if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+    return False
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
+
+
+def _quiet_unraisable(previous):
+  def hook(args):
+    if not _orphan_callback(args):
+      previous(args)
+  hook.ibmd_quiet = True
+  return hook
+
+
 def _quiet_disk_errors():
   if _QUIET not in logging_std.getLogger("absl").filters:
     logging_std.getLogger("absl").addFilter(_QUIET)
+  if not getattr(sys.unraisablehook, "ibmd_quiet", False):
+    sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
 
 
 def by_process_0(fn, name: str):

@@ -115,3 +115,38 @@ def test_distill_loads_a_teacher_written_by_teacher_mode(tmp_path):
   cfg.model.width = 48  # a teacher of another architecture is refused with both configs named
   with pytest.raises(ValueError, match="does not fit this config.*model.width.*make the config agree"):
     runner.run(cfg, str(tmp_path / "distill_run2"))
+
+
+def test_a_write_finishing_after_its_failed_save_prints_nothing(monkeypatch):
+  """When one write of a save fails (full disk), Orbax closes the save's event loop while the other
+  writes still run; each then hands 'Event loop is closed' to sys.unraisablehook (the bare
+  tracebacks that followed the one-line disk error). The checkpointer's hook drops exactly those
+  and passes every other unraisable error on."""
+  import asyncio
+  import sys
+  import tensorstore as ts
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args.exc_value))
+  ckpt._quiet_disk_errors()
+  ckpt._quiet_disk_errors()  # installed once
+
+  def orphan():  # a TensorStore future awaited in a loop that closes before it completes
+    promise, future = ts.Promise.new()
+
+    async def save():
+      task = asyncio.ensure_future(future)
+      task._log_destroy_pending = False  # (asyncio's own note on the task left pending)
+      await asyncio.sleep(0.01)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(save())
+    loop.close()
+    promise.set_result(1)  # the callback runs here and finds the loop closed
+
+  orphan()
+  assert seen == []
+  other = RuntimeError("something else")
+  sys.unraisablehook(type("Args", (), {"exc_value": other, "exc_traceback": None})())
+  assert seen == [other]
+  monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args.exc_value))
+  orphan()  # without the hook the same callback is reported
+  assert len(seen) == 2 and str(seen[1]) == "Event loop is closed"
