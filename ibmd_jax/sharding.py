@@ -21,7 +21,13 @@ BATCH_AXES = ("data", "fsdp")
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Optional[list] = None) -> Mesh:
   """A ('data', 'fsdp') mesh (jax.make_mesh: devices laid out for the interconnect); data = -1
-  takes all remaining devices. `devices` defaults to jax.devices() (e.g. a TPU topology's)."""
+  takes all remaining devices. `devices` defaults to jax.devices() (e.g. a TPU topology's); in a
+  single process, a mesh smaller than that takes its first data × fsdp devices (e.g. mesh.data=1:
+  a run on one device of a multi-device host; on XLA:CPU's fake devices a small run is twice as
+  fast on one). Several processes must use every device."""
+  if (devices is None and data != -1 and jax.process_count() == 1
+      and 1 <= data * fsdp < jax.device_count()):
+    devices = jax.devices()[:data * fsdp]
   devices = list(devices if devices is not None else jax.devices())
   n = len(devices)
   if fsdp < 1 or n % fsdp:

@@ -58,6 +58,16 @@ def test_sharded_round_matches_single_device(data, fsdp):
 def test_mesh_and_batch_errors_are_clear():
   with pytest.raises(ValueError, match="fsdp=3"):
     shd.make_mesh(-1, 3)
+  with pytest.raises(ValueError, match="= 16 but 8 devices"):
+    shd.make_mesh(16, 1)
+
+
+def test_a_smaller_mesh_takes_the_first_devices():
+  """mesh.data × mesh.fsdp below the device count (one process): the first devices, e.g. one."""
+  assert list(shd.make_mesh(1, 1).devices.flat) == jax.devices()[:1]
+  mesh = shd.make_mesh(2, 2)
+  assert mesh.devices.shape == (2, 2) and set(mesh.devices.flat) == set(jax.devices()[:4])
+  assert shd.make_mesh().devices.size == len(jax.devices())
   with pytest.raises(ValueError, match="divisible"):
     shd.check_batch(shd.make_mesh(), 30, "distill.batch_size")
 
