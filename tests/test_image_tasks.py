@@ -390,7 +390,10 @@ def test_tiny_inpainting_runs_a_round(name):
   teacher = _numpy_params(problem)
   state, gen_tx, critic_tx = runner.init_distill_state(c, problem, teacher, _one_device())
   ib = evaluate.make_ibmd(c, problem)
-  _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, float(c.distill.ema))
+  # the critic steps as a loop: one UNet body to compile, not one per step (on CPU the default
+  # unrolls them; tests/test_ibmd.py checks both give the same round)
+  _, _, round_step = steps.make_ibmd_steps(ib, gen_tx, critic_tx, float(c.distill.ema),
+                                           critic_unroll=False)
   batches = {k: jnp.asarray(v) for k, v in batches.items() if k != "x0"}
   new, m = jax.jit(round_step)(state, teacher, batches, jax.random.key(0))
   m = {k: float(v) for k, v in m.items()}
