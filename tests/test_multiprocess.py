@@ -121,16 +121,14 @@ class _Reference:
     self.started = time.time()
     args = _args(TOY, self.workdir) if args is None else [*args, f"--workdir={self.workdir}"]
     self.proc = subprocess.Popen(
+        # compiled as the pods compile: nothing cached (--compilation_cache=off also overrides a
+        # JAX_COMPILATION_CACHE_DIR of the environment, ibmd_jax/compile_cache.py)
         [sys.executable, "-m", "launch.main", *args, "--compilation_cache=off"],
         cwd=local_pod.REPO,
-        env=self._env(), stdout=self.log,
+        env=local_pod.process_env(8, _env(self.prefix)), stdout=self.log,
         stderr=subprocess.STDOUT)
     self.took = None
 
-  def _env(self):
-    env = local_pod.process_env(8, _env(self.prefix))
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compiled as the pods compile: nothing cached
-    return env
 
   def get(self):
     if self.took is None:

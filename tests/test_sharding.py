@@ -60,6 +60,8 @@ def test_mesh_and_batch_errors_are_clear():
     shd.make_mesh(-1, 3)
   with pytest.raises(ValueError, match="= 16 but 8 devices"):
     shd.make_mesh(16, 1)
+  with pytest.raises(ValueError, match="divisible"):
+    shd.check_batch(shd.make_mesh(), 30, "distill.batch_size")
 
 
 def test_a_smaller_mesh_takes_the_first_devices():
@@ -68,8 +70,6 @@ def test_a_smaller_mesh_takes_the_first_devices():
   mesh = shd.make_mesh(2, 2)
   assert mesh.devices.shape == (2, 2) and set(mesh.devices.flat) == set(jax.devices()[:4])
   assert shd.make_mesh().devices.size == len(jax.devices())
-  with pytest.raises(ValueError, match="divisible"):
-    shd.check_batch(shd.make_mesh(), 30, "distill.batch_size")
 
 
 def test_split_round_is_the_fused_round():
