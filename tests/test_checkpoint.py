@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import toy_cond
 from ibmd_jax import checkpointing as ckpt
 from ibmd_jax import teacher_io
 from ibmd_jax import sharding as shd
 from ibmd_jax import run as runner
+from tests import toyrun
 
 
 def _state(seed=0):
@@ -87,24 +87,15 @@ def test_restore_onto_a_different_mesh(tmp_path, src, dst):
 
 
 def test_distill_loads_a_teacher_written_by_teacher_mode(tmp_path):
-  cfg = toy_cond.get_config()
-  cfg.mode = "teacher"
-  cfg.teacher.steps = 30
-  cfg.teacher.batch_size = 64
-  cfg.model.width = 32
-  cfg.log_every = 10
-  cfg.mesh.data = 1  # one of the suite's 8 fake CPU devices (a small run is 2x faster on one)
-  runner.run(cfg, str(tmp_path / "teacher_run"))
-  saved, _ = teacher_io.load_teacher(str(tmp_path / "teacher_run" / "teacher"))
+  # a teacher-mode run of the suite's shared tiny toy (tests/toyrun.py), trained once per session
+  teacher = toyrun.teacher_dir()
+  saved, _ = teacher_io.load_teacher(teacher)
 
-  cfg.mode = "distill"
+  cfg = toyrun.config("distill")
   cfg.distill.teacher = "network"
   cfg.teacher.source = "checkpoint"
-  cfg.teacher.checkpoint = str(tmp_path / "teacher_run" / "teacher")
+  cfg.teacher.checkpoint = teacher
   cfg.distill.rounds = 2
-  cfg.distill.batch_size = 32
-  cfg.distill.critic_steps = 1
-  cfg.distill.z_channels = 0
   out = runner.run(cfg, str(tmp_path / "distill_run"))
   assert int(out["state"].step) == 2
   assert not os.path.exists(tmp_path / "distill_run" / "teacher"), "no teacher trained again"

@@ -32,36 +32,18 @@ from ibmd_jax import train
 from ibmd_jax.errors import (CheckpointMismatch, ConfigError, DiskFullError,
                              NoRestorableCheckpoint, NonFiniteError, RunError, TeacherMismatch,
                              WorkdirLocked)
+from tests import toyrun
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUNDS = 8
-# the launcher runs' mesh, as _cfg's: one of the suite's 8 fake CPU devices
-ONE_DEVICE = "--config.mesh.data=1"
 
 
 def _cfg(mode="distill", **over):
-  c = toy_cond.get_config()
-  c.mode = mode
-  c.model.width = 32
-  c.teacher.steps = 20
-  c.teacher.batch_size = 64
-  c.teacher.save_every = 10
-  c.distill.rounds = ROUNDS
-  c.distill.batch_size = 16
-  c.distill.critic_steps = 2
-  c.checkpoint.every = 2
-  c.log_every = 1
-  c.eval.teacher_nfes = (1,)
-  c.eval.student_steps = (1,)
-  c.eval.num_conditions = 2
-  c.eval.samples_per_condition = 8
+  # the suite's shared tiny toy (tests/toyrun.py: its programs compile once per session), with
   # constant learning rates: a run's trajectory does not depend on its length, so a run to 6
   # rounds continued to 8 is the run to 8
-  c.distill.gen_optimizer.decay = "constant"
-  c.distill.critic_optimizer.decay = "constant"
-  c.mesh.data = 1  # one device, here and in the launcher runs (ONE_DEVICE): 2x faster than 8
-  c.update_from_flattened_dict(dict(over))  # dotted keys
-  return c
+  assert toyrun.SHRINK["distill.rounds"] == ROUNDS
+  return toyrun.config(mode, **{"teacher.save_every": 10, **over})
 
 
 def _rows(workdir, mode="distill"):
@@ -80,10 +62,8 @@ def _steps(workdir, sub="checkpoints"):
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("teacher"))
-  runner.run(_cfg("teacher"), workdir)
-  return os.path.join(workdir, "teacher")
+def teacher_dir():
+  return toyrun.teacher_dir()  # a teacher-mode run of _cfg's setup, shared by the test files
 
 
 @pytest.fixture(scope="module")
@@ -509,13 +489,8 @@ def test_stale_locks_are_taken_over_and_live_ones_are_not(tmp_path, capsys):
 
 # ------------------------------------------------------------------ full disk
 def _distill_args(workdir, *more):
-  return [f"--workdir={workdir}", "--config.mode=distill", ONE_DEVICE, "--config.model.width=32",
-          "--config.teacher.steps=20", "--config.teacher.batch_size=64",
-          f"--config.distill.rounds={ROUNDS}", "--config.distill.batch_size=16",
-          "--config.distill.critic_steps=2", "--config.checkpoint.every=2",
-          "--config.distill.gen_optimizer.decay=constant",
-          "--config.distill.critic_optimizer.decay=constant", "--config.log_every=1",
-          f"--compilation_cache={os.environ['IBMD_TEST_JAX_CACHE']}", *more]
+  # _cfg's run through the launcher: the same programs, loaded from the session's cache
+  return [f"--workdir={workdir}", "--config.mode=distill", *toyrun.launcher_args(), *more]
 
 
 def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path, base, reference):
@@ -582,14 +557,8 @@ def test_too_little_free_space_is_caught_before_writing(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ kill -9
 def _launch_args(workdir):
   return [sys.executable, "-m", "launch.main", "--config=configs/toy_cond.py",
-          f"--workdir={workdir}", "--config.mode=distill", ONE_DEVICE, "--config.model.width=32",
-          "--config.teacher.steps=20", "--config.teacher.batch_size=64",
-          f"--config.distill.rounds={ROUNDS}", "--config.distill.batch_size=16",
-          "--config.distill.critic_steps=2", "--config.checkpoint.every=1",
-          "--config.log_every=1", "--config.checkpoint.keep=2",
-          "--config.distill.gen_optimizer.decay=constant",
-          "--config.distill.critic_optimizer.decay=constant",
-          f"--compilation_cache={os.environ['IBMD_TEST_JAX_CACHE']}"]
+          f"--workdir={workdir}", "--config.mode=distill",
+          *toyrun.launcher_args(**{"checkpoint.every": 1}), "--config.checkpoint.keep=2"]
 
 
 def test_kill_9_during_saves_resumes_exactly_without_duplicate_metrics(tmp_path, teacher_dir,

@@ -19,15 +19,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_a_gs_workdir_run_writes_into_the_bucket_and_resumes(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # where a gs:// path taken for a local one would land ('gs:/...')
   bucket = tmp_path / "bucket-root"
-  c = _tiny(None, rounds=4)
-  c.distill.gen_optimizer.decay_steps = 6
-  c.distill.critic_optimizer.decay_steps = 6 * c.distill.critic_steps
+  c = _tiny(None, rounds=4)  # (constant learning rates: the programs of a 6-round run)
   with mock_bucket(str(bucket)):
     out = runner.run(c, "gs://b/run")  # pipeline: teacher, distillation to round 4, evaluation
     assert int(out["state"].step) == 4
     c2 = _tiny(None, rounds=6)
-    c2.distill.gen_optimizer.decay_steps = 6
-    c2.distill.critic_optimizer.decay_steps = 6 * c2.distill.critic_steps
     c2.mode = "distill"  # the teacher from the bucket, distillation resumed at round 4
     out2 = runner.run(c2, "gs://b/run")
     assert int(out2["state"].step) == 6

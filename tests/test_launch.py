@@ -10,26 +10,15 @@ import pytest
 
 from configs import toy_cond, toy_uncond
 from ibmd_jax import run as runner
+from tests import toyrun
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiny(cfg_module, rounds=6):
-  c = toy_cond.get_config() if cfg_module is None else cfg_module.get_config()
-  c.teacher.steps = 40
-  c.teacher.batch_size = 64
-  c.distill.rounds = rounds
-  c.distill.batch_size = 32
-  c.distill.critic_steps = 2
-  c.model.width = 32
-  c.log_every = 2
-  c.checkpoint.every = 2
-  c.eval.teacher_nfes = (1, 4)
-  c.eval.student_steps = (1,)
-  c.eval.num_conditions = 4
-  c.eval.samples_per_condition = 40
-  c.mesh.data = 1  # one device (the suite's 8 fake CPU devices double a small run's time)
-  return c
+  # the suite's shared tiny toy (tests/toyrun.py: its programs compile once per session)
+  return toyrun.config("pipeline", cfg_module or toy_cond, **{"distill.rounds": rounds,
+                                                                "log_every": 2})
 
 
 def _rows(workdir):
@@ -63,6 +52,7 @@ def test_distillation_resumes_exactly(tmp_path):
   """Stopping after 4 rounds and restarting to 8 gives the losses of an uninterrupted 8-round run."""
   def tiny(rounds):  # the cosine schedules' lengths fixed, so that they do not follow `rounds`
     c = _tiny(None, rounds=rounds)
+    c.distill.gen_optimizer.decay = c.distill.critic_optimizer.decay = "cosine"
     c.distill.gen_optimizer.decay_steps = 8
     c.distill.critic_optimizer.decay_steps = 8 * c.distill.critic_steps
     return c

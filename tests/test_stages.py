@@ -9,21 +9,17 @@ import os
 
 import pytest
 
-from configs import toy_cond
 from ibmd_jax import run as runner
 from ibmd_jax import train
 from ibmd_jax.errors import ConfigError
+from tests import toyrun
 from tests.test_image_tasks import load_config
 
 
 def _tiny(mode, kind="image", **over):
   if kind == "toy":
-    c = toy_cond.get_config()
-    c.model.width = 32
-    c.teacher.batch_size, c.distill.batch_size, c.distill.critic_steps = 64, 16, 2
-    c.eval.teacher_nfes, c.eval.num_conditions, c.eval.samples_per_condition = (1,), 2, 8
+    c = toyrun.config()  # the suite's shared tiny toy: its programs compile once per session
     c.log_every = 1
-    c.mesh.data = 1  # one of the suite's 8 fake CPU devices: a small run is 2x faster on one
   else:
     c = load_config("bench64", "sr4,tiny")
     # one resolution level with its attention block: resuming is what is tested, not the network
