@@ -108,9 +108,9 @@ def test_unrolled_critic_steps_are_the_scanned_ones():
   out, loops = {}, {}
   for unroll in (False, True):
     _, _, round_step = steps.make_ibmd_steps(ib, tx, tx, critic_unroll=unroll)
-    text = jax.jit(round_step).lower(state, teacher, batches, jax.random.key(4)).as_text()
-    loops[unroll] = text.count("stablehlo.while")
-    out[unroll] = jax.jit(round_step)(state, teacher, batches, jax.random.key(4))
+    lowered = jax.jit(round_step).lower(state, teacher, batches, jax.random.key(4))  # traced once
+    loops[unroll] = lowered.as_text().count("stablehlo.while")
+    out[unroll] = lowered.compile()(state, teacher, batches, jax.random.key(4))
   assert loops[True] == loops[False] - 1, loops  # the critic loop, and only it, is gone
   (s0, m0), (s1, m1) = out[False], out[True]
   assert set(m0) == set(m1)
@@ -169,6 +169,23 @@ def test_inpainting_generator_keeps_known_pixels():
     np.testing.assert_array_equal(out[:, 1], xT[:, 1])
   loss = ib.critic_loss(critic, teacher, {"xT": xT, "mask": mask}, jax.random.key(2))
   assert np.isfinite(float(loss))
+
+  # The generator loss's two terms count the hole only: λ‖(x̂0 − x0)·mask‖², recomputed here from
+  # the same draws (known pixels of x0 are xT's, where the networks' x̂0 differ from xT).
+  @jax.jit
+  def terms(key):
+    _, aux = ib.generator_loss(teacher, critic, teacher, {"xT": xT, "mask": mask}, key)
+    k_gen, k_pt = jax.random.split(key)
+    x0 = ib.generate_for_training(teacher, xT, k_gen, mask=mask)
+    t, xt = ib._bridge_point(x0, xT, k_pt)
+    lam = ib.loss_bridge.loss_weight(t)
+    hand = lambda p: jnp.mean(lam * jnp.mean(((net(p, xt, t, xT) - x0) * mask) ** 2, axis=-1))
+    return aux, {"teacher_term": hand(teacher), "critic_term": hand(critic)}
+
+  aux, want = terms(jax.random.key(3))
+  for k in ("teacher_term", "critic_term"):
+    np.testing.assert_allclose(aux[k], want[k], rtol=1e-5, err_msg=k)
+    assert float(want[k]) > 0
 
 
 def test_bad_variant_names_fail_clearly():

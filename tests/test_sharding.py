@@ -1,4 +1,6 @@
 """One IBMD round on 8 (fake CPU) devices, data- and FSDP-sharded, equals the 1-device round."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,16 +13,22 @@ from ibmd_jax import api, evaluate, steps, tasks
 from ibmd_jax import run as runner
 
 
-def _round(mesh_devices, data, fsdp, split=False):
+@functools.lru_cache(maxsize=None)
+def _round(data, fsdp, split=False):
+  """Two rounds (L = 2) on the first data × fsdp devices; cached: the 1-device reference and the
+  fused data 2 × fsdp 4 round are shared by the tests below (each costs a compile)."""
   cfg = toy_cond.get_config()
   cfg.model.width = 256  # big enough that FSDP really splits the dense kernels
+  cfg.model.depth = 1  # one residual block: the same layers to split, a third of the program
   cfg.distill.critic_steps = 2
   problem = tasks.make_task(cfg)
   teacher = problem.net.init(jax.random.key(0), jnp.zeros((2, 2)))
   state, gtx, ctx = runner.init_distill_state(cfg, problem, teacher)
   ib = evaluate.make_ibmd(cfg, problem)
-  _, _, round_step = steps.make_ibmd_steps(ib, gtx, ctx, 0.99)
-  mesh = shd.make_mesh(data, fsdp, devices=mesh_devices)
+  # The critic steps as a loop: unrolling them (the CPU default) only multiplies the compile;
+  # test_ibmd checks the unrolled round against the loop.
+  _, _, round_step = steps.make_ibmd_steps(ib, gtx, ctx, 0.99, critic_unroll=False)
+  mesh = shd.make_mesh(data, fsdp, devices=jax.devices()[:data * fsdp])
   state_sh, teacher_sh = shd.state_shardings(mesh, state), shd.state_shardings(mesh, teacher)
   fn = shd.jit_round(round_step, mesh, state_sh, teacher_sh, split=split)
   state = jax.device_put(state, state_sh)
@@ -32,12 +40,18 @@ def _round(mesh_devices, data, fsdp, split=False):
   return out, metrics
 
 
-# The two extremes run by default; the mixed mesh (same code path) is a slow test.
-@pytest.mark.parametrize("data,fsdp", [(8, 1), pytest.param(4, 2, marks=pytest.mark.slow), (1, 8)])
+# The mixed mesh shards the batch over both axes and splits the parameters 4 ways, so it checks
+# both at once; the pure meshes (same code path) are slow tests, covered by the default (2, 4).
+@pytest.mark.parametrize("data,fsdp", [
+    (2, 4),
+    pytest.param(8, 1, marks=pytest.mark.slow),  # covered by [2-4] (data axis) in the default suite
+    pytest.param(1, 8, marks=pytest.mark.slow),  # covered by [2-4] (fsdp axis) in the default suite
+    pytest.param(4, 2, marks=pytest.mark.slow),  # covered by [2-4] in the default suite
+])
 def test_sharded_round_matches_single_device(data, fsdp):
   assert len(jax.devices()) >= 8, "tests/conftest.py requests 8 CPU devices"
-  ref_state, ref_m = _round(jax.devices()[:1], 1, 1)
-  state, m = _round(jax.devices()[:8], data, fsdp)
+  ref_state, ref_m = _round(1, 1)
+  state, m = _round(data, fsdp)
   if fsdp > 1:  # the big kernels really are split
     kern = state.gen["dense_0_a"]["kernel"]
     assert len({str(s.index) for s in kern.addressable_shards}) == fsdp
@@ -74,10 +88,10 @@ def test_a_smaller_mesh_takes_the_first_devices():
 
 def test_split_round_is_the_fused_round():
   """distill.split_round: the round as its critic program and its generator program gives the
-  fused round's metrics and state (two rounds, data 4 × fsdp 2); compile mode reads one memory
-  and the summed costs off the pair."""
-  fused_state, fused_m = _round(jax.devices()[:8], 4, 2)
-  state, m = _round(jax.devices()[:8], 4, 2, split=True)
+  fused round's metrics and state (two rounds, data 2 × fsdp 4: the fused round is
+  test_sharded_round_matches_single_device[2-4]'s)."""
+  fused_state, fused_m = _round(2, 4)
+  state, m = _round(2, 4, split=True)
   assert set(m) == set(fused_m)
   for k in fused_m:
     np.testing.assert_allclose(m[k], fused_m[k], rtol=1e-5, atol=1e-7, err_msg=k)

@@ -1,5 +1,6 @@
 """Compile mode (tools/aot.py): the launcher's programs compiled for TPU slices by libtpu's
 compile-only client on this CPU host. Skipped, with the command to install it, without libtpu."""
+import contextlib
 import json
 import os
 import subprocess
@@ -25,6 +26,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # In-process compiles (the tests share a persistent cache) must not write TPU entries that the
 # compile-only client cannot read back: reading one warns, and here that is an error.
 pytestmark = pytest.mark.filterwarnings("error:Error reading persistent compilation cache entry")
+
+
+@contextlib.contextmanager
+def no_persistent_cache():
+  """The persistent compilation cache off (no reads, no writes) for in-process TPU compiles, as
+  the launcher has it in compile mode, then back on for the rest of the session. JAX decides once
+  per process whether it uses the cache: reset_cache() makes it decide again, both ways."""
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  key = "jax_enable_compilation_cache"
+  keep = getattr(jax.config, key)
+  jax.config.update(key, False)
+  cc.reset_cache()
+  try:
+    yield
+  finally:
+    jax.config.update(key, keep)
+    cc.reset_cache()
 
 
 def _config(topology, **kw):
@@ -85,12 +103,14 @@ def test_teacher_step_compiles_for_a_slice_and_its_memory_adds_up(tmp_path, topo
 
 @needs_libtpu
 def test_an_oversized_batch_is_reported_as_not_fitting(tmp_path):
-  """The launcher exits 1 naming the program and the shortfall; aot.json still records it."""
+  """The launcher exits 1 naming the program and the shortfall; aot.json still records it. The
+  toy MLP's teacher step (the quickest program to compile) at 4M rows per chip: its arguments fit,
+  its activations (temporaries) do not."""
   env = dict(os.environ, PYTHONPATH=REPO, ALLOW_MULTIPLE_LIBTPU_LOAD="1")
   r = subprocess.run(
-      [sys.executable, "-m", "launch.main", "--config=configs/bench64.py:inpaint,tiny",
+      [sys.executable, "-m", "launch.main", "--config=configs/toy_cond.py",
        f"--workdir={tmp_path}", "--config.mode=compile", "--config.aot.topology=v5e:2x2",
-       "--config.aot.programs=('teacher_step',)", "--config.teacher.batch_size=262144"],
+       "--config.aot.programs=('teacher_step',)", f"--config.teacher.batch_size={2**24}"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert r.returncode == 1, r.stderr[-2000:]
   # the fit is checked against the HBM libtpu lets a program use (15.75 of v5e's 16 GiB)
@@ -230,11 +250,14 @@ def test_search_refuses_bad_settings(tmp_path, monkeypatch):
 
 @needs_libtpu
 def test_search_from_the_launcher_compiles_and_prints_the_overrides(tmp_path):
-  """The real compiler: the toy config's round for v5e:2x2, two meshes x one batch."""
+  """The real compiler: the toy config's round for v5e:2x2, two meshes x one batch (one residual
+  block and one critic step: less to compile; its 128 x 128 kernels are still big enough to be
+  split over fsdp)."""
   env = dict(os.environ, PYTHONPATH=REPO, ALLOW_MULTIPLE_LIBTPU_LOAD="1")
   r = subprocess.run(
       [sys.executable, "-m", "launch.main", "--config=configs/toy_cond.py",
        f"--workdir={tmp_path}", "--config.mode=compile", "--config.aot.topology=v5e:2x2",
+       "--config.model.depth=1", "--config.distill.critic_steps=1",
        "--config.aot.search=True", "--config.aot.search_batches=(2,)",
        "--config.aot.search_fsdp=(1,4)"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
@@ -546,22 +569,19 @@ def test_the_round_estimate_counts_every_critic_step(tmp_path):
   count), and the estimated round time grows as the round's FLOPs do. The fused round (one
   program) gets the same growth from the forward-unit model, checked here against the split
   programs' own counts."""
-  # From the launcher (compile mode runs without the persistent cache): in-process, the L = 1 and
+  # In-process with the persistent cache off, as the launcher has it in compile mode: the L = 1 and
   # L = 5 split rounds share their generator program, and a cache entry another test's compile
-  # left for it is one the compile-only client cannot read back.
-  env = dict(os.environ, PYTHONPATH=REPO, ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+  # left for it would be one the compile-only client cannot read back.
+  from tools import aot
+  from configs import toy_cond
   reps = {}
-  for split, steps in ((True, 1), (True, 5), (False, 5)):
-    wd = tmp_path / f"{split}{steps}"
-    r = subprocess.run(
-        [sys.executable, "-m", "launch.main", "--config=configs/toy_cond.py", f"--workdir={wd}",
-         "--config.mode=compile", "--config.aot.topology=v5e:2x2",
-         "--config.aot.programs=('round',)", "--config.distill.batch_size=8",
-         f"--config.distill.split_round={split}", f"--config.distill.critic_steps={steps}",
-         "--config.aot.compile_threads=1"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    reps[split, steps] = json.load(open(wd / "aot.json"))["programs"]["round"]
+  with no_persistent_cache():
+    for split, steps in ((True, 1), (True, 5), (False, 5)):
+      c = toy_cond.get_config()
+      c.mode, c.aot.topology, c.aot.programs = "compile", "v5e:2x2", ("round",)
+      c.distill.batch_size, c.distill.split_round, c.distill.critic_steps = 8, split, steps
+      c.aot.compile_threads = 1
+      reps[split, steps] = aot.run(c, str(tmp_path / f"{split}{steps}"))["programs"]["round"]
   s1, s5, f5 = reps[True, 1], reps[True, 5], reps[False, 5]
   (c1, g1), (c5, g5) = ([p["flops"] for p in r["parts_cost"]] for r in (s1, s5))
   # XLA's counts: the critic program holds one critic step whatever L is (within 5 %: the scan's
