@@ -204,7 +204,7 @@ def evaluate(args) -> int:
 
   sets = []  # (name, fn(params, xT, mask, key), params, seed)
   t_params = put(teacher)
-  for i, eta in enumerate(evaluate_lib.teacher_etas(c)):
+  for i, eta in enumerate(evaluate_lib.teacher_etas(c.eval, float(c.sampler.eta))):
     group = "teacher" if i == 0 else f"teacher_eta{eta:g}"
     for nfe in (int(v) for v in c.eval.teacher_nfes):
       def t_fn(p, xT, mk, k, nfe=nfe, eta=eta):
