@@ -2,6 +2,7 @@ r"""The handwritten-digits benchmark (issue 38; configs/digits.py) as resumable 
 
   python bench/digits.py --root=DIR [--tasks=sr4,inpaint,sr4_vp] [--budget_s=0]
   python bench/digits.py --root=DIR --report=docs/results.md
+  python bench/digits.py --root=DIR --tasks=sr4 --curve   # the student at every kept checkpoint
 
 Every call runs the stages still to do, in order, until --budget_s is spent (0: no limit); a stage
 that is still running then saves its state and the script exits with 75: run the same command
@@ -30,6 +31,10 @@ overrides to every stage. --report computes every metric from the saved sets wit
 bootstrap intervals (ibmd_jax/eval/digits.py: the classifier's CA and FD on its features, PSNR,
 SSIM, diversity), writes the tables and the acceptance checks (a)-(d) between the digits markers
 of the given markdown file, and exits 1 when a check fails.
+
+--curve evaluates the checked student (1 step; inpainting 4) at every checkpoint its workdir keeps
+(checkpoint.every / checkpoint.keep) into <task>/eval/curve/ (resumable, one file per round); the
+report then adds its FD, CA and diversity against distillation rounds, next to the best teacher.
 """
 from __future__ import annotations
 
@@ -132,8 +137,15 @@ def train_classifier(args) -> int:
   return 0
 
 
+def checkpoint_rounds(workdir: str) -> list[int]:
+  """The rounds of the checkpoints a distillation workdir keeps (their directory names)."""
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
 def evaluate(args) -> int:
-  """Saves every set of one task (see the module docstring); resumable set by set."""
+  """Saves every set of one task (see the module docstring); resumable set by set. With
+  args.curve: the checked student at every kept checkpoint round instead, into eval/curve/."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ibmd_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
@@ -170,8 +182,11 @@ def evaluate(args) -> int:
   def put(x):
     return jax.device_put(x, shd.state_shardings(mesh, x))
 
+  set_dir = os.path.join(out_dir, "curve") if args.curve else out_dir
+  os.makedirs(set_dir, exist_ok=True)
+
   def run_set(name: str, fn, params, seed: int):
-    path = os.path.join(out_dir, name.replace("/", "_") + ".npz")
+    path = os.path.join(set_dir, name.replace("/", "_") + ".npz")
     if os.path.exists(path):
       return True
     if args.stop_after_s > 0 and time.time() - t_start > args.stop_after_s:
@@ -204,6 +219,8 @@ def evaluate(args) -> int:
 
   sets = []  # (name, fn(params, xT, mask, key), params, seed)
   t_params = put(teacher)
+  if args.curve:
+    return _evaluate_curve(args, c, task, teacher, mesh, set_dir, put, run_set)
   for i, eta in enumerate(evaluate_lib.teacher_etas(c.eval, float(c.sampler.eta))):
     group = "teacher" if i == 0 else f"teacher_eta{eta:g}"
     for nfe in (int(v) for v in c.eval.teacher_nfes):
@@ -238,6 +255,41 @@ def evaluate(args) -> int:
   return 0
 
 
+def _evaluate_curve(args, c, task, teacher, mesh, set_dir, put, run_set) -> int:
+  from ibmd_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  from ibmd_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  wd = os.path.join(args.root, args.eval_task, "student")
+  steps = CHECKED_STEPS[args.eval_task]
+  rounds = [r for r in checkpoint_rounds(wd)
+            if not os.path.exists(os.path.join(set_dir, f"student@{r}_{steps}.npz"))]
+  if not rounds and not checkpoint_rounds(wd):
+    print(f"[digits] {args.eval_task}/curve: no checkpoints in {wd}/checkpoints: run the "
+          "student stage first", file=sys.stderr, flush=True)
+    return 1
+  ib = evaluate_lib.make_ibmd(c, task)
+
+  def g_fn(p, xT, mk, k):
+    return ib.generate(p, xT, k, mask=mk, n_steps=steps)
+
+  for r in rounds:
+    params = put(run_lib.saved_generator(c, wd, task, teacher, mesh, step=r))
+    # the seed of the final evaluation's student set: the last round's file is that set again
+    if not run_set(f"student@{r}/{steps}", g_fn, params, 10_000 * 2 + steps):
+      print(f"[digits] {args.eval_task}/curve: time is up; run again to continue", flush=True)
+      return bench64.EXIT_RESUME
+  return 0
+
+
+def run_curve(args) -> int:
+  """--curve: every task's curve evaluation (in this process, one task after another)."""
+  for task in args.tasks:
+    args.eval_task = task
+    rc = evaluate(args)
+    if rc:
+      return rc
+  return 0
+
+
 # ------------------------------------------------------------------------------ report
 
 
@@ -257,6 +309,34 @@ def load_sets(root: str, task: str) -> tuple[dict, dict]:
       with np.load(os.path.join(d, f)) as z:
         sets[f"{group}/{count}"] = {k: z[k] for k in z.files}
   return ref, sets
+
+
+def load_curve(root: str, task: str) -> dict:
+  """{round: set} of --curve's files in <task>/eval/curve (empty when it has not run)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  d = os.path.join(root, task, "eval", "curve")
+  out = {}
+  for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+    if f.startswith("student@") and f.endswith(".npz") and ".tmp" not in f:
+      with np.load(os.path.join(d, f)) as z:
+        out[int(f[len("student@"):].split("_")[0])] = {k: z[k] for k in z.files}
+  return dict(sorted(out.items()))
+
+
+def curve_lines(ref: dict, curve: dict, best: str, best_set: dict, params, reps: int) -> list:
+  """A markdown table: FD, CA and diversity of the student against rounds, and FD − 1.10 × the
+  best teacher's (check (c)'s margin), each with its paired bootstrap interval."""
+  sets = {best: best_set, **{f"round {r}": s for r, s in curve.items()}}
+  b, rows = analyse(ref, sets, params, reps)
+  out = ["| rounds | FD | CA | diversity | FD − 1.10·FD_best |", "|---|---|---|---|---|",
+         f"| {best} (best teacher) | {_fmt(rows[best]['fd'])} | {_fmt(rows[best]['ca'])} | "
+         f"{_fmt(rows[best]['diversity'])} | – |"]
+  for r in curve:
+    n = f"round {r}"
+    _, d = b.better(n, best, "fd", 1.10)
+    out.append(f"| {r} | {_fmt(rows[n]['fd'])} | {_fmt(rows[n]['ca'])} | "
+               f"{_fmt(rows[n]['diversity'])} | {_fmt(d)} |")
+  return out
 
 
 def analyse(ref: dict, sets: dict, params, reps: int):
@@ -360,6 +440,12 @@ def report(args) -> int:
     res = checks(task, b, rows)
     more, ok = bench_report.check_lines(res)
     lines += more
+    curve = load_curve(args.root, task)
+    if curve:
+      best = min((n for n in rows if n.startswith("teacher")), key=lambda n: rows[n]["fd"]["value"])
+      lines += ["", f"The {CHECKED_STEPS[task]}-step student against distillation rounds "
+                f"(`--curve`: every kept checkpoint; the same held-out digits and seeds):", "",
+                *curve_lines(ref, curve, best, sets[best], params, args.reps)]
     all_ok &= ok
     summary[task] = bench_report.task_summary(rows, res, secs)
   lines += bench_report.closing_lines(rec, missing)
@@ -392,6 +478,9 @@ def main(argv=None) -> int:
   p.add_argument("--report", default="", help="write the tables and checks to this markdown "
                  "file between the digits markers ('-': print only)")
   # the stages' own entry points (called by the stage runner)
+  p.add_argument("--curve", action="store_true", help="evaluate the checked student at every "
+                 "checkpoint its workdir keeps (the report then shows FD/CA/diversity against "
+                 "rounds)")
   p.add_argument("--classifier", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--eval_task", default="", help=argparse.SUPPRESS)
   p.add_argument("--stop_after_s", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -407,6 +496,8 @@ def main(argv=None) -> int:
     return train_classifier(args)
   if args.eval_task:
     return evaluate(args)
+  if args.curve:
+    return run_curve(args)
   return report(args) if args.report else run_stages(args)
 
 

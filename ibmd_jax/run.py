@@ -146,16 +146,22 @@ def init_distill_state(opts: RunOptions, task: Task, teacher_params, mesh=None):
   return planned.build(), gen_tx, critic_tx
 
 
-def saved_generator(opts: RunOptions, workdir: str, task: Task, teacher_params, mesh):
-  """The EMA generator of the newest distillation checkpoint in the workdir, or None."""
+def saved_generator(opts: RunOptions, workdir: str, task: Task, teacher_params, mesh,
+                    step: Optional[int] = None):
+  """The EMA generator of the newest distillation checkpoint in the workdir (with `step`: of the
+  checkpoint of that round, e.g. for a curve against rounds), or None when there is none."""
   if not paths.isdir(paths.join(workdir, "checkpoints")):
     return None
   planned, _, _ = _plan_distill_state(opts, task, teacher_params, mesh)
   manager = ckpt.RunCheckpointer(paths.join(workdir, "checkpoints"))
   try:
-    _, restored, _ = manager.restore_latest(planned.abstract)
+    got, restored, _ = manager.restore_latest(planned.abstract,
+                                              before=None if step is None else step + 1)
   finally:
     manager.close()
+  if step is not None and got != step:
+    raise FileNotFoundError(f"no restorable checkpoint of round {step} in {workdir}/checkpoints "
+                            f"(the newest before it: {got})")
   return None if restored is None else restored.gen_ema
 
 

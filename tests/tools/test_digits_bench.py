@@ -30,3 +30,25 @@ def test_benchmark_configs_and_stage_commands(tmp_path):
   assert "--set=seed=1" in cmd["eval"] and "--config.seed=1" in cmd["teacher"]
   with pytest.raises(ValueError, match="unknown digits task"):
     digits_config.get_config("jpeg")
+
+
+def test_curve_files_are_read_by_round(tmp_path):
+  """--curve's bookkeeping: the rounds a student workdir keeps (numeric checkpoint directories
+  only) and the curve sets read back in round order (temporary files skipped)."""
+  import numpy as np
+
+  from bench import digits as bench_digits
+  root = tmp_path
+  for name in ("200", "50", "1000", "tmp-300", "best"):
+    (root / "sr4" / "student" / "checkpoints" / name).mkdir(parents=True)
+  assert bench_digits.checkpoint_rounds(str(root / "sr4" / "student")) == [50, 200, 1000]
+  assert bench_digits.checkpoint_rounds(str(root / "none")) == []
+  assert bench_digits.load_curve(str(root), "sr4") == {}
+  d = root / "sr4" / "eval" / "curve"
+  d.mkdir(parents=True)
+  for r in (1000, 50, 200):
+    np.savez(d / f"student@{r}_1.npz", images=np.full((2, 4, 4, 1), r % 256, np.uint8))
+  np.savez(d / "student@300_1.npz.tmp.npz", images=np.zeros(1))
+  curve = bench_digits.load_curve(str(root), "sr4")
+  assert list(curve) == [50, 200, 1000]
+  assert int(curve[200]["images"][0, 0, 0, 0]) == 200
