@@ -86,3 +86,69 @@ def copy_teacher(workdir: str) -> str:
   """workdir with the shared teacher in it (distill mode uses it, pipeline mode trains no other)."""
   shutil.copytree(teacher_dir(), os.path.join(workdir, "teacher"))
   return workdir
+
+
+# ------------------------------------------------------------------ launcher command lines
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One Python process imports what every launcher run imports (absl, ml_collections, JAX, the
+# package: 3-4 CPU-s, most of a failing launcher's cost) and forks one child per command line. A
+# child is the launcher from its flag parsing on (launch.main.run_cli with sys.argv set): its own
+# pid, JAX backend, stdout/stderr files, cwd and exit code (sys.exit and an uncaught exception end
+# it as they end `python -m launch.main`). The parent never starts a JAX backend (nothing to fork
+# that holds threads).
+_DRIVER = r"""
+import json, os, sys
+cases, out = json.load(open(sys.argv[1])), sys.argv[2]
+import jax, launch.main, ibmd_jax.run  # noqa: E401,F401  (no backend started)
+codes = []
+for case in cases:
+  sys.stdout.flush(); sys.stderr.flush()
+  pid = os.fork()
+  if pid == 0:
+    for fd, path in ((1, case["stdout"]), (2, case["stderr"])):
+      f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+      os.dup2(f, fd)
+      os.close(f)
+    os.chdir(case["cwd"])
+    if case["fsize"]:
+      import resource
+      resource.setrlimit(resource.RLIMIT_FSIZE, (case["fsize"], case["fsize"]))
+    sys.argv = [os.path.join(launch.main.__file__), *case["args"]]
+    launch.main.run_cli()
+    sys.exit(0)
+  codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+json.dump(codes, open(out, "w"))
+"""
+
+
+def launch_all(cases: list, timeout: int = 600) -> list:
+  """Runs several `python -m launch.main <args>` command lines in one subprocess (see _DRIVER).
+  cases: dicts with "args" (launcher arguments) and optionally "cwd" (default: the repository) and
+  "fsize" (RLIMIT_FSIZE in bytes). Returns one subprocess.CompletedProcess per case (returncode,
+  stdout, stderr), in order."""
+  import json
+  import subprocess
+  import sys
+
+  tmp = tempfile.mkdtemp(prefix="ibmd_launch_all_")
+  try:
+    spec = [{"args": list(c["args"]), "cwd": c.get("cwd", REPO), "fsize": c.get("fsize", 0),
+             "stdout": os.path.join(tmp, f"{i}.out"), "stderr": os.path.join(tmp, f"{i}.err")}
+            for i, c in enumerate(cases)]
+    with open(os.path.join(tmp, "cases.json"), "w") as f:
+      json.dump(spec, f)
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", _DRIVER, os.path.join(tmp, "cases.json"),
+                        os.path.join(tmp, "codes.json")], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    with open(os.path.join(tmp, "codes.json")) as f:
+      codes = json.load(f)
+    out = []
+    for c, s, code in zip(cases, spec, codes):
+      with open(s["stdout"], errors="replace") as fo, open(s["stderr"], errors="replace") as fe:
+        out.append(subprocess.CompletedProcess(c["args"], code, fo.read(), fe.read()))
+    return out
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
