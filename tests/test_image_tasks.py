@@ -330,9 +330,10 @@ def test_tiny_pipeline_from_the_command_line(tmp_path, name):
 
 # ---------------------------------------------------------------------- one round, every variant
 def _micro(c):
-  """A one-level UNet (a res-block and attention at 16x16, no resampling) on one device: the
-  compile-light network for checks of the data, masks, labels and the fused round."""
-  c.model.update(channel_mult=(1,), attention_resolutions=(1,), num_res_blocks=1)
+  """A one-level UNet (a res-block at 16x16, no resampling, no attention but the middle block's)
+  on one device: the compile-light network for checks of the data, masks, labels and the fused
+  round (a UNet's compile time grows with its ops, not its channels)."""
+  c.model.update(channel_mult=(1,), attention_resolutions=(), num_res_blocks=1)
   c.mesh.data = 1
   return c
 
@@ -464,9 +465,10 @@ def _convert(tmp_path, fixture):
 def test_converted_teacher_initialises_generator_and_samples(tmp_path, fixture):
   """launch.convert -> a teacher the setup's config accepts; the distillation state starts from
   the converted weights (critic equal, generator equal but for zero z weights), so the round-0
-  generator computes the teacher's one-step x̂0(xT, T) on real images; our sampler runs on it."""
-  from ibmd_jax import convert
-  from ibmd_jax.samplers import make_sampler
+  generator computes the teacher's one-step x̂0(xT, T) on real images; our sampler runs on it
+  (one NFE: its x̂0 is that network call; samplers at more NFEs on a converted network: the slow
+  test_converted_teacher_distills_from_the_command_line, and tests/test_parity.py on stand-ins)."""
+  from ibmd_jax import convert, samplers
 
   family, setup = FIXTURE_SETUPS[fixture]
   teacher_dir = _convert(tmp_path, fixture)
@@ -499,16 +501,21 @@ def test_converted_teacher_initialises_generator_and_samples(tmp_path, fixture):
   ib = evaluate.make_ibmd(c, problem)
   t_T = jnp.full((4,), problem.bridge.time_grid(1)[0])
 
+  # One program (this fixture's 3-level attention UNet compiles slowly): the generator, the teacher
+  # network called directly, and our sampler at one NFE on the teacher, whose x̂0 is the same
+  # network call (XLA may merge the two).
   @jax.jit
-  def both(gen, teacher, xT, key):
+  def three(gen, teacher, xT, key):
     return (ib.generate(gen, xT, key, label=label, n_steps=1),
-            problem.net(teacher, xT, t_T, xT, label=label))
+            problem.net(teacher, xT, t_T, xT, label=label),
+            samplers.sample(problem.net, teacher, problem.bridge, xT, jax.random.fold_in(key, 1),
+                            1, label=label, output="x0hat"))
 
-  g, x0_hat = both(state.gen, teacher, xT, jax.random.key(5))
+  g, x0_hat, out = three(state.gen, teacher, xT, jax.random.key(5))
   assert float(jnp.std(x0_hat)) > 0.1  # a non-trivial prediction
   np.testing.assert_allclose(g, x0_hat, atol=2e-5, rtol=0)
-  out = make_sampler(problem.net, problem.bridge, 2)(teacher, xT, jax.random.key(6), label=label)
   assert out.shape == xT.shape and bool(jnp.all(jnp.isfinite(out)))
+  np.testing.assert_allclose(out, x0_hat, atol=2e-5, rtol=0)
 
 
 @pytest.mark.slow
@@ -561,23 +568,47 @@ def test_docstring_commands_match_the_config(name):
   assert run[0] == f"--config=configs/{name}.py"
 
 
-@pytest.mark.parametrize("name", ["i2sb_sr4_bicubic", "ddbm_e2h64", "ddbm_diode256",
-                                  "dbim_inpaint256"])
-def test_docstring_convert_command_runs(tmp_path, name):
-  """The documented conversion command (one per distinct family and preset), run for real on a
-  small fixture in place of the official file: the flags parse, the preset exists, and the
-  converter refuses the wrong-sized state dict with an error naming the first key that does not
-  fit (the full-size key listings are matched in tests/test_convert.py)."""
+# One process for the four documented commands: each in a process of its own paid 6 s of Python and
+# JAX start-up for a conversion that fails in milliseconds (the `python -m launch.convert` entry
+# itself runs in test_converted_teacher_initialises_generator_and_samples).
+_CONVERT_EACH = """
+import json, sys
+from absl import flags
+from launch import convert
+out = []
+for argv in json.loads(sys.argv[1]):
+  flags.FLAGS.unparse_flags()
+  rest = flags.FLAGS(["launch.convert"] + argv)  # as app.run parses the command line
+  try:
+    convert.main(rest)
+    out.append(None)
+  except SystemExit as e:  # sys.exit("error: ...") from main: exit status 1, the text on stderr
+    out.append(str(e.code))
+print(json.dumps(out))
+"""
+
+
+def test_docstring_convert_commands_run(tmp_path):
+  """The documented conversion command of one config per distinct family and preset, its flags
+  parsed as `python -m launch.convert` parses them and run for real on a small fixture in place of
+  the official file: the flags parse, the preset exists, and the converter refuses the
+  wrong-sized state dict with an error naming the first key that does not fit (the full-size key
+  listings are matched in tests/test_convert.py)."""
   import subprocess
   import sys
 
-  fixture = "i2sb_adm_small" if name.startswith("i2sb") else "ddbm_adm_small"
-  args = [f"--src={_fixture_file(fixture + '.npz')}" if a.startswith("--src=") else
-          f"--workdir={tmp_path / 'teachers'}" if a.startswith("--workdir=") else a
-          for a in _docstring_command(name, "launch.convert")]
-  res = subprocess.run([sys.executable, "-m", "launch.convert", *args], cwd=REPO, env=_cli_env(),
-                       capture_output=True, text=True, timeout=600)
-  assert res.returncode != 0
-  assert "error: cannot convert" in res.stderr and "source key 'time_embed.0.weight'" in res.stderr, \
-      res.stderr[-2000:]
-  assert not os.path.exists(tmp_path / "teachers" / "teacher")
+  names = ["i2sb_sr4_bicubic", "ddbm_e2h64", "ddbm_diode256", "dbim_inpaint256"]
+  argvs = []
+  for name in names:
+    fixture = "i2sb_adm_small" if name.startswith("i2sb") else "ddbm_adm_small"
+    argvs.append([f"--src={_fixture_file(fixture + '.npz')}" if a.startswith("--src=") else
+                  f"--workdir={tmp_path / name}" if a.startswith("--workdir=") else a
+                  for a in _docstring_command(name, "launch.convert")])
+  res = subprocess.run([sys.executable, "-c", _CONVERT_EACH, json.dumps(argvs)], cwd=REPO,
+                       env=_cli_env(), capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  errors = json.loads(res.stdout.strip().splitlines()[-1])
+  for name, err in zip(names, errors, strict=True):
+    assert err and "error: cannot convert" in err and "source key 'time_embed.0.weight'" in err, (
+        name, err)
+    assert not os.path.exists(tmp_path / name / "teacher"), name

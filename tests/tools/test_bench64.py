@@ -113,7 +113,7 @@ def test_report_computes_intervals_and_checks(tmp_path):
             open(root / "stages.json", "w"))
   out = tmp_path / "docs" / "results.md"
   out.parent.mkdir()
-  assert bench64.main([f"--root={root}", "--tasks=sr4", f"--report={out}", "--reps=40"]) == 0
+  assert bench64.main([f"--root={root}", "--tasks=sr4", f"--report={out}", "--reps=20"]) == 0
   text = out.read_text()
   assert "| sampler | NFE | PSNR ↑ | SSIM ↑ | SWD ↓ | FD band ↓ | KID band ↓ | s / image |" in text
   assert "| teacher (DDPM) | 100 | " in text and "| generator, never updated (control) | 1 |" in text
@@ -129,7 +129,7 @@ def test_report_computes_intervals_and_checks(tmp_path):
   _fake_bench(root2, "sr4", student_like="teacher/1")
   (root2 / "stages.json").write_text(json.dumps({"done": {}, "calls": []}))
   assert bench64.main([f"--root={root2}", "--tasks=sr4,inpaint", f"--report={out}",
-                       "--reps=40"]) == 1
+                       "--reps=20"]) == 1
   checks = json.load(open(root2 / "report.json"))["sr4"]["checks"]
   assert [c["ok"] for c in checks if c["check"] == "c"] == [False, False, False, True]
   assert "Not evaluated yet: inpaint" in out.read_text()
