@@ -220,31 +220,24 @@ def _check_against_reference(workdir, prefix, reference, n=2, modes=("teacher", 
       assert len(set(sum(parts, []))) == len(ref_rows[step])  # distinct rows
 
 
-@pytest.fixture(scope="module")
-def teacher_reference(tmp_path_factory):
-  """The 1-process 8-device launcher run of TEACHER (the default-suite test's reference)."""
-  ref = _Reference(tmp_path_factory.mktemp("teacher_reference"),
-                   [a for a in _args(TEACHER, "") if not a.startswith("--workdir=")])
-  yield ref
-  ref.close()
-
-
-def test_pod_survives_kill9_and_sigterm_with_the_one_process_numbers(tmp_path,
-                                                                    teacher_reference):
+def test_pod_survives_kill9_and_sigterm_with_the_one_process_numbers(tmp_path, reference):
   """The toy teacher on 2 processes x 4 devices, one shared workdir, and the two faults of a pod:
 
   1. kill -9 of process 1 (a host dies): process 0 exits 69 with one clear line (or is stopped by
      JAX's coordination service) within the heartbeat bound;
   2. the same command again resumes from the last complete checkpoint and gets SIGTERM on both
      processes (a maintenance event): both save the same step and exit 143;
-  3. the same command again resumes from that step and ends.
+  3. the pipeline command: resumes the teacher from that step, ends it, distils and evaluates on
+     the 2 processes.
 
-  The metrics and every step's rows equal the 1-process 8-device run's.
+  The metrics (teacher, distillation, evaluation) and every step's rows equal the 1-process
+  8-device pipeline run's.
 
   (The cost of a pod is every process compiling every program at every start, ~5 CPU-s of
-  imports plus the programs; the teacher's alone keep the three pods at about a third of the
-  pipeline's. The same faults with the distillation and evaluation on 2 processes: the slow
-  test_pod_pipeline_survives_kill9_and_sigterm_with_the_one_process_numbers.)"""
+  imports plus the programs: the first two pods run the teacher alone. SIGTERM during the
+  distillation on 2 processes: the slow
+  test_pod_pipeline_survives_kill9_and_sigterm_with_the_one_process_numbers; on 1 process:
+  tests/test_faults.py.)"""
   workdir, prefix = str(tmp_path / "run"), str(tmp_path / "data")
   times = {}
   t_test = time.time()
@@ -293,8 +286,8 @@ def test_pod_survives_kill9_and_sigterm_with_the_one_process_numbers(tmp_path,
     assert f"[teacher] SIGTERM: saved step {stop} in" in pod.output(i), pod.output(i)[-2000:]
   assert not os.path.exists(os.path.join(workdir, "teacher"))
 
-  # 3. the same command: resumes from the SIGTERM step and ends
-  pod = _pod(tmp_path, "logs3", TEACHER, env_prefix=prefix)
+  # 3. the pipeline: resumes the teacher from the SIGTERM step, ends it, distils, evaluates
+  pod = _pod(tmp_path, "logs3", TOY, env_prefix=prefix)
   try:
     codes = pod.wait(timeout=300)
   finally:
@@ -303,7 +296,7 @@ def test_pod_survives_kill9_and_sigterm_with_the_one_process_numbers(tmp_path,
   assert codes == [0, 0], pod.output(0)[-3000:]
   assert f"[teacher] resumed from step {stop}" in pod.output(0)
   assert os.path.exists(os.path.join(workdir, "teacher", "teacher.json"))
-  _check_against_reference(workdir, prefix, teacher_reference, modes=("teacher",))
+  _check_against_reference(workdir, prefix, reference)
   print(f"kill -9: process 0 exited {code0}; checkpoints {complete}; SIGTERM: saved step "
         f"{stop}; " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items())
         + f"; test {time.time() - t_test:.1f} s (the reference ran alongside)")
