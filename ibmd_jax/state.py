@@ -18,6 +18,18 @@ from ibmd_jax import steps
 from ibmd_jax.denoiser import NetDenoiser, widen_like
 
 
+# Programs that run once or cost milliseconds (state initialisation, the toy's data samplers) are
+# compiled at LLVM -O0 on the CPU: their cost there is XLA:CPU compiling their threefry draws, which
+# -O0 cuts to a third (the digits tiny UNet's teacher-state init: 13.4 -> 4.9 CPU-s of compile, its
+# one run 25 -> 56 ms; docs/benchmarks.md, "Run-once programs at -O0"). Other platforms: as usual.
+CPU_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def run_once_options(platform: str) -> Optional[dict]:
+  """jax.jit compiler_options for a program that runs once on `platform` (see above)."""
+  return dict(CPU_FAST_COMPILE) if platform == "cpu" else None
+
+
 def is_abstract(tree: Any) -> bool:
   """True for a tree of ShapeDtypeStructs (compile mode plans shapes; nothing to put anywhere)."""
   return all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree))
@@ -37,8 +49,10 @@ class Planned:
     shapes = jax.eval_shape(init, *args)
     self.shardings = shd.state_shardings(mesh, shapes)
     self.abstract = abstract(shapes, self.shardings)
-    self._fn = jax.jit(init, out_shardings=self.shardings) if in_shardings is None else jax.jit(
-        init, in_shardings=in_shardings, out_shardings=self.shardings)
+    opts = run_once_options(mesh.devices.flat[0].platform)
+    self._fn = jax.jit(init, out_shardings=self.shardings, compiler_options=opts
+                       ) if in_shardings is None else jax.jit(
+        init, in_shardings=in_shardings, out_shardings=self.shardings, compiler_options=opts)
     self._args = args
 
   def build(self):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ibmd_jax import sharding as shd
+from ibmd_jax import state as state_lib
 from ibmd_jax import toy
 from ibmd_jax.bridges import Bridge
 from ibmd_jax.denoiser import NetDenoiser
@@ -23,16 +24,34 @@ from ibmd_jax.models import build_model
 
 _ENDLESS = 2**40  # steps: the stream never ends in practice
 
+def _data_jit(fn=None, **jit_kw):
+  """jax.jit, at LLVM -O0 when the default backend is the CPU (decided at the first call): the
+  data samplers are a few random draws; XLA:CPU's LLVM at its default -O2 spends 2-5 s of CPU
+  compiling each, at -O0 under 1 s, and they run in milliseconds either way (docs/benchmarks.md,
+  "Run-once programs at -O0"). Every toy run compiles them once per process."""
+  if fn is None:
+    return functools.partial(_data_jit, **jit_kw)
+  jitted = {}
 
-@functools.partial(jax.jit, static_argnums=(1, 3))
-def _teacher_batch(gmm: toy.JointGMM, seed: int, step, batch_size: int):
+  @functools.wraps(fn)
+  def call(*args):
+    backend = jax.default_backend()
+    if backend not in jitted:
+      jitted[backend] = jax.jit(fn, compiler_options=state_lib.run_once_options(backend), **jit_kw)
+    return jitted[backend](*args)
+
+  return call
+
+
+@_data_jit(static_argnums=(3,))
+def _teacher_batch(gmm: toy.JointGMM, seed, step, batch_size: int):
   key = jax.random.fold_in(jax.random.key(seed + 11), step)
   x0, xT, _ = gmm.sample(key, batch_size)
   return x0, xT
 
 
-@functools.partial(jax.jit, static_argnums=(1, 3, 4))
-def _distill_xT(gmm: toy.JointGMM, seed: int, round_, n: int, batch_size: int):
+@_data_jit(static_argnums=(3, 4))
+def _distill_xT(gmm: toy.JointGMM, seed, round_, n: int, batch_size: int):
   key = jax.random.fold_in(jax.random.key(seed + 12), round_)
   return gmm.sample_xT(key, n * batch_size).reshape(n, batch_size, -1)
 
@@ -42,8 +61,8 @@ def eval_set(gmm: toy.JointGMM, seed: int, num_conditions: int, samples_per_cond
   p(x0 | xT) [n, c, D], a second true set (the noise floor) and xT repeated to [n * c, D]."""
   key = jax.random.key(seed + 3)
   n, c = samples_per_condition, num_conditions
-  xT = jax.jit(gmm.sample_xT, static_argnums=1)(jax.random.fold_in(key, 0), c)
-  draw = jax.jit(gmm.sample_x0_given_xT, static_argnums=2)
+  xT = _data_jit(gmm.sample_xT, static_argnums=1)(jax.random.fold_in(key, 0), c)
+  draw = _data_jit(gmm.sample_x0_given_xT, static_argnums=2)
   truth, _ = draw(jax.random.fold_in(key, 1), xT, n)
   truth2, _ = draw(jax.random.fold_in(key, 2), xT, n)
   return xT, truth, truth2, jnp.broadcast_to(xT, (n,) + xT.shape).reshape(n * c, -1)
@@ -191,7 +210,7 @@ class ToyTask:
       _, truth, truth2, xT_rep = eval_set(self.gmm, self.seed, c, n)
       return _OneBatch(xT_rep, truth, truth2)
     key = jax.random.key(self.seed + 3)  # unconditional: outputs over p(xT) against p(x0)
-    sample = jax.jit(self.gmm.sample, static_argnums=1)
+    sample = _data_jit(self.gmm.sample, static_argnums=1)
     m = n * c // 4
     x0, xT_rep, _ = sample(jax.random.fold_in(key, 0), m)
     return _OneBatch(xT_rep, sample(jax.random.fold_in(key, 1), m)[0], x0)
