@@ -220,6 +220,73 @@ def _check_against_reference(workdir, prefix, reference, n=2, modes=("teacher", 
       assert len(set(sum(parts, []))) == len(ref_rows[step])  # distinct rows
 
 
+def _kill9_during_the_teacher(tmp_path, over, prefix, times):
+  """Pod 1 of the fault tests: kill -9 of process 1 once a teacher checkpoint is complete and
+  step 2 logged; process 0 must stop within the heartbeat bound saying it lost its peer, with
+  the complete checkpoints kept and the teacher unfinished. Returns (process 0's exit code, the
+  complete checkpoint steps)."""
+  workdir = str(tmp_path / "run")
+  pod = _pod(tmp_path, "logs1", over, env_prefix=prefix)
+  try:
+    _wait_until(lambda: _steps(workdir) and _logged(workdir, "teacher", 2), pod,
+                "a teacher checkpoint and step 2")
+    t0 = time.time()
+    pod.procs[1].kill()
+    codes = pod.wait(timeout=90)
+    times["kill -9 -> process 0 exited"] = time.time() - t0
+  finally:
+    pod.kill()
+  times["pod 1"] = time.time() - pod.started
+  assert codes[1] == -signal.SIGKILL
+  # gloo fails the collective in flight at once; the coordination service's heartbeat timeout
+  # (local_pod: 10 s) stops a process that is not in one
+  assert codes[0] in (69, -signal.SIGABRT), (codes, pod.output(0)[-3000:])
+  assert times["kill -9 -> process 0 exited"] < 60, times
+  out = pod.output(0)
+  assert any(t in out for t in PEER_LOST), out[-3000:]
+  complete = _steps(workdir)
+  assert complete and max(complete) < STEPS, complete
+  assert not os.path.exists(os.path.join(workdir, "teacher")), "the teacher ended before the kill"
+  return codes[0], complete
+
+
+def _sigterm_at(tmp_path, over, prefix, times, mode: str, step: int):
+  """Pod 2 of the fault tests: the command again, SIGTERM to both processes once `mode` has
+  logged `step`; both must exit 143. Returns the ended pod (for its outputs)."""
+  workdir = str(tmp_path / "run")
+  pod = _pod(tmp_path, "logs2", over, env_prefix=prefix)
+  try:
+    _wait_until(lambda: _logged(workdir, mode, step), pod, f"{mode} step {step}")
+    t0 = time.time()
+    pod.signal(signal.SIGTERM)
+    codes = pod.wait(timeout=120)
+    times["SIGTERM -> both exited"] = time.time() - t0
+  finally:
+    pod.kill()
+  times["pod 2"] = time.time() - pod.started
+  assert codes == [143, 143], (codes, pod.output(0)[-2000:], pod.output(1)[-2000:])
+  return pod
+
+
+def _pipeline_to_the_end(tmp_path, prefix, times) -> str:
+  """Pod 3 of the fault tests: the pipeline command on the same workdir, run to the end (both
+  processes exit 0); returns process 0's output."""
+  pod = _pod(tmp_path, "logs3", TOY, env_prefix=prefix)
+  try:
+    codes = pod.wait(timeout=300)
+  finally:
+    pod.kill()
+  times["pod 3"] = time.time() - pod.started
+  assert codes == [0, 0], pod.output(0)[-3000:]
+  return pod.output(0)
+
+
+def _summary(code0, complete, sigterm: str, times: dict, t_test: float):
+  print(f"kill -9: process 0 exited {code0}; checkpoints {complete}; SIGTERM: {sigterm}; "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in times.items())
+        + f"; test {time.time() - t_test:.1f} s (the reference ran alongside)")
+
+
 def test_pod_survives_kill9_and_sigterm_with_the_one_process_numbers(tmp_path, reference):
   """The toy teacher on 2 processes x 4 devices, one shared workdir, and the two faults of a pod:
 
@@ -242,43 +309,11 @@ def test_pod_survives_kill9_and_sigterm_with_the_one_process_numbers(tmp_path, r
   times = {}
   t_test = time.time()
   # 1. kill -9 once the first checkpoint is complete
-  pod = _pod(tmp_path, "logs1", TEACHER, env_prefix=prefix)
-  try:
-    _wait_until(lambda: _steps(workdir) and _logged(workdir, "teacher", 2), pod,
-                "a teacher checkpoint and step 2")
-    t0 = time.time()
-    pod.procs[1].kill()
-    codes = pod.wait(timeout=90)
-    times["kill -9 -> process 0 exited"] = time.time() - t0
-    code0 = codes[0]
-  finally:
-    pod.kill()
-  times["pod 1"] = time.time() - pod.started
-  assert codes[1] == -signal.SIGKILL
-  # gloo fails the collective in flight at once; the coordination service's heartbeat timeout
-  # (local_pod: 10 s) stops a process that is not in one
-  assert codes[0] in (69, -signal.SIGABRT), (codes, pod.output(0)[-3000:])
-  assert times["kill -9 -> process 0 exited"] < 60, times
-  out = pod.output(0)
-  assert any(t in out for t in PEER_LOST), out[-3000:]
-  complete = _steps(workdir)
-  assert complete and max(complete) < STEPS, complete
-  assert not os.path.exists(os.path.join(workdir, "teacher")), "the teacher ended before the kill"
+  code0, complete = _kill9_during_the_teacher(tmp_path, TEACHER, prefix, times)
 
   # 2. restart: the teacher resumes; SIGTERM to both processes two steps later
   resumed = max(complete)
-  pod = _pod(tmp_path, "logs2", TEACHER, env_prefix=prefix)
-  try:
-    _wait_until(lambda: _logged(workdir, "teacher", resumed + 2), pod,
-                f"teacher step {resumed + 2}")
-    t0 = time.time()
-    pod.signal(signal.SIGTERM)
-    codes = pod.wait(timeout=120)
-    times["SIGTERM -> both exited"] = time.time() - t0
-  finally:
-    pod.kill()
-  times["pod 2"] = time.time() - pod.started
-  assert codes == [143, 143], (codes, pod.output(0)[-2000:], pod.output(1)[-2000:])
+  pod = _sigterm_at(tmp_path, TEACHER, prefix, times, "teacher", resumed + 2)
   assert f"[teacher] resumed from step {resumed}" in pod.output(0)
   stop = max(_steps(workdir))
   assert resumed + 2 <= stop < STEPS, _steps(workdir)
@@ -287,23 +322,15 @@ def test_pod_survives_kill9_and_sigterm_with_the_one_process_numbers(tmp_path, r
   assert not os.path.exists(os.path.join(workdir, "teacher"))
 
   # 3. the pipeline: resumes the teacher from the SIGTERM step, ends it, distils, evaluates
-  pod = _pod(tmp_path, "logs3", TOY, env_prefix=prefix)
-  try:
-    codes = pod.wait(timeout=300)
-  finally:
-    pod.kill()
-  times["pod 3"] = time.time() - pod.started
-  assert codes == [0, 0], pod.output(0)[-3000:]
-  assert f"[teacher] resumed from step {stop}" in pod.output(0)
+  out = _pipeline_to_the_end(tmp_path, prefix, times)
+  assert f"[teacher] resumed from step {stop}" in out
   assert os.path.exists(os.path.join(workdir, "teacher", "teacher.json"))
   _check_against_reference(workdir, prefix, reference)
-  print(f"kill -9: process 0 exited {code0}; checkpoints {complete}; SIGTERM: saved step "
-        f"{stop}; " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items())
-        + f"; test {time.time() - t_test:.1f} s (the reference ran alongside)")
+  _summary(code0, complete, f"saved step {stop}", times, t_test)
 
 
 # the default suite's test_pod_survives_kill9_and_sigterm_with_the_one_process_numbers has the same
-# faults, restarts and comparison with the teacher alone (a third of the compiles)
+# kill -9, SIGTERM (during the teacher) and the pipeline's comparison after its last restart
 @pytest.mark.slow
 def test_pod_pipeline_survives_kill9_and_sigterm_with_the_one_process_numbers(tmp_path, reference):
   """The toy pipeline on 2 processes x 4 devices, one shared workdir, and the two faults of a pod:
@@ -321,41 +348,10 @@ def test_pod_pipeline_survives_kill9_and_sigterm_with_the_one_process_numbers(tm
   times = {}
   t_test = time.time()
   # 1. kill -9 during the teacher, once its first checkpoint is complete
-  pod = _pod(tmp_path, "logs1", TOY, env_prefix=prefix)
-  try:
-    _wait_until(lambda: _steps(workdir) and _logged(workdir, "teacher", 2), pod,
-                "a teacher checkpoint and step 2")
-    t0 = time.time()
-    pod.procs[1].kill()
-    codes = pod.wait(timeout=90)
-    times["kill -9 -> process 0 exited"] = time.time() - t0
-    code0 = codes[0]
-  finally:
-    pod.kill()
-  times["pod 1"] = time.time() - pod.started
-  assert codes[1] == -signal.SIGKILL
-  # gloo fails the collective in flight at once; the coordination service's heartbeat timeout
-  # (local_pod: 10 s) stops a process that is not in one
-  assert codes[0] in (69, -signal.SIGABRT), (codes, pod.output(0)[-3000:])
-  assert times["kill -9 -> process 0 exited"] < 60, times
-  out = pod.output(0)
-  assert any(t in out for t in PEER_LOST), out[-3000:]
-  complete = _steps(workdir)
-  assert complete and max(complete) < STEPS, complete
-  assert not os.path.exists(os.path.join(workdir, "teacher")), "the teacher ended before the kill"
+  code0, complete = _kill9_during_the_teacher(tmp_path, TOY, prefix, times)
 
   # 2. restart: the teacher resumes and ends, the distillation starts; SIGTERM to both processes
-  pod = _pod(tmp_path, "logs2", TOY, env_prefix=prefix)
-  try:
-    _wait_until(lambda: _logged(workdir, "distill", 2), pod, "distillation round 2")
-    t0 = time.time()
-    pod.signal(signal.SIGTERM)
-    codes = pod.wait(timeout=120)
-    times["SIGTERM -> both exited"] = time.time() - t0
-  finally:
-    pod.kill()
-  times["pod 2"] = time.time() - pod.started
-  assert codes == [143, 143], (codes, pod.output(0)[-2000:], pod.output(1)[-2000:])
+  pod = _sigterm_at(tmp_path, TOY, prefix, times, "distill", 2)
   assert f"[teacher] resumed from step {max(complete)}" in pod.output(0)
   saved = _steps(workdir, "checkpoints")
   stop = max(saved)
@@ -364,26 +360,18 @@ def test_pod_pipeline_survives_kill9_and_sigterm_with_the_one_process_numbers(tm
     assert f"[distill] SIGTERM: saved step {stop} in" in pod.output(i), pod.output(i)[-2000:]
 
   # 3. the same command: the saved teacher is loaded, the distillation resumes, evaluation
-  pod = _pod(tmp_path, "logs3", TOY, env_prefix=prefix)
-  try:
-    codes = pod.wait(timeout=300)
-  finally:
-    pod.kill()
-  times["pod 3"] = time.time() - pod.started
-  assert codes == [0, 0], pod.output(0)[-3000:]
-  assert f"[distill] resumed from step {stop}" in pod.output(0)
-  assert "[teacher] resumed" not in pod.output(0)
+  out = _pipeline_to_the_end(tmp_path, prefix, times)
+  assert f"[distill] resumed from step {stop}" in out
+  assert "[teacher] resumed" not in out
   _check_against_reference(workdir, prefix, reference)
-  print(f"kill -9: process 0 exited {code0}; checkpoints {complete}; SIGTERM: saved round "
-        f"{stop}; " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items())
-        + f"; test {time.time() - t_test:.1f} s (the reference ran alongside)")
+  _summary(code0, complete, f"saved round {stop}", times, t_test)
 
 
 @pytest.mark.slow
 def test_sigterm_during_the_teacher_saves_one_step_and_resumes_exactly(tmp_path, reference):
-  """SIGTERM to both processes during the teacher (the default-suite test sends it during the
-  distillation): both exit 143 after saving the same step; the same command continues to the
-  1-process run's teacher metrics and rows."""
+  """SIGTERM to both processes during the teacher in teacher mode (the default-suite test sends it
+  during the teacher too, after a kill -9 and a restart): both exit 143 after saving the same
+  step; the same command continues to the 1-process run's teacher metrics and rows."""
   workdir, prefix = str(tmp_path / "run"), str(tmp_path / "data")
   pod = _pod(tmp_path, "logs1", TEACHER, env_prefix=prefix)
   try:
