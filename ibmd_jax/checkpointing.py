@@ -212,11 +212,16 @@ class RunCheckpointer:
 
   With ``best_metric`` set, a second manager in ``<directory>_best`` keeps the single checkpoint
   with the best value of that metric (``best_mode`` 'min' or 'max') among the periodic saves.
+
+  ``read_only=True`` opens it to read (an evaluation of a run's checkpoints while the run goes on):
+  nothing is created or cleaned up. A writer's open removes the unfinished ``*-tmp`` directories
+  it finds, which are a live run's checkpoint in the making when another process writes there.
   """
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, save_every: int = 1000,
                async_save: bool = True, best_metric: str = "", best_mode: str = "min",
-               fingerprint: Optional[dict] = None, min_free_mb: float = 16.0):
+               fingerprint: Optional[dict] = None, min_free_mb: float = 16.0,
+               read_only: bool = False):
     if max_to_keep < 1:
       raise ValueError(f"checkpoint.keep must be >= 1, got {max_to_keep}")
     if best_metric and best_mode not in ("min", "max"):
@@ -229,18 +234,21 @@ class RunCheckpointer:
     self.async_save, self.max_to_keep = async_save, max_to_keep
     self.min_free = int(float(min_free_mb) * (1 << 20))
     self._last_saved = None  # the step of the save that may still be written in the background
+    self.read_only = read_only
     _quiet_disk_errors()
     one_writer_per_array()
     self._open()
 
   def _open(self):
+    writer = not self.read_only
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=self.max_to_keep, save_interval_steps=self.save_every, create=True,
-        enable_async_checkpointing=self.async_save, cleanup_tmp_directories=True)
+        max_to_keep=self.max_to_keep, save_interval_steps=self.save_every, create=writer,
+        enable_async_checkpointing=self.async_save, cleanup_tmp_directories=writer,
+        read_only=self.read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_handlers())
     self.best = None
-    if self.best_metric:
+    if self.best_metric and writer:
       metric = self.best_metric
       best_options = ocp.CheckpointManagerOptions(
           max_to_keep=1, create=True, best_fn=lambda m: float(m[metric]), best_mode=self.best_mode,

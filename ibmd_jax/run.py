@@ -153,7 +153,8 @@ def saved_generator(opts: RunOptions, workdir: str, task: Task, teacher_params, 
   if not paths.isdir(paths.join(workdir, "checkpoints")):
     return None
   planned, _, _ = _plan_distill_state(opts, task, teacher_params, mesh)
-  manager = ckpt.RunCheckpointer(paths.join(workdir, "checkpoints"))
+  # read-only: the run may still be writing there (its unfinished checkpoint stays untouched)
+  manager = ckpt.RunCheckpointer(paths.join(workdir, "checkpoints"), read_only=True)
   try:
     got, restored, _ = manager.restore_latest(planned.abstract,
                                               before=None if step is None else step + 1)

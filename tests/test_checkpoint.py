@@ -42,6 +42,37 @@ def test_keeps_last_k_plus_best(tmp_path):
   np.testing.assert_array_equal(state["w"], _state(2)["w"])
 
 
+def test_a_reader_leaves_a_live_runs_unfinished_checkpoint_alone(tmp_path):
+  """A read-only open (an evaluation of a run's checkpoints while the run goes on, e.g.
+  bench/digits.py --curve) restores the newest and removes nothing; a writer's open cleans up
+  the unfinished `*-tmp` directory as before (it crashed a live run's save when readers opened as
+  writers: Orbax's "Error writing step/0 ... 550.orbax-checkpoint-tmp")."""
+  directory = str(tmp_path / "ck")
+  m = ckpt.RunCheckpointer(directory, save_every=1, async_save=False)
+  m.save(3, _state(3))
+  m.close()
+  live = tmp_path / "ck" / "4.orbax-checkpoint-tmp"
+  live.mkdir()
+  (live / "being_written").write_text("x")
+  import time
+
+  def gone_within(seconds):  # Orbax cleans up in a background future
+    end = time.time() + seconds
+    while live.exists() and time.time() < end:
+      time.sleep(0.05)
+    return not live.exists()
+
+  reader = ckpt.RunCheckpointer(directory, read_only=True)
+  step, state, _ = reader.restore_latest(_abstract(_state()))
+  assert step == 3 and int(state["step"]) == 3
+  assert not gone_within(2.0)
+  reader.close()
+  assert (live / "being_written").exists()
+  writer = ckpt.RunCheckpointer(directory)
+  assert gone_within(10.0)
+  writer.close()
+
+
 def test_bad_best_mode_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="best_mode"):
     ckpt.RunCheckpointer(str(tmp_path / "ck"), best_metric="loss", best_mode="lowest")
