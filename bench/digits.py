@@ -137,6 +137,16 @@ def train_classifier(args) -> int:
   return 0
 
 
+# the generators every evaluation draws from, in the order that fixes their sets' seeds
+GENERATORS = ("untrained", "student", "nocritic")
+
+
+def generator_seed(which: str, steps: int) -> int:
+  """The key seed of a generator's set at `steps` steps (the curve's student sets use the
+  final evaluation's, so its last round reproduces that set)."""
+  return 10_000 * (GENERATORS.index(which) + 1) + steps
+
+
 def checkpoint_rounds(workdir: str) -> list[int]:
   """The rounds of the checkpoints a distillation workdir keeps (their directory names)."""
   d = os.path.join(workdir, "checkpoints")
@@ -218,9 +228,9 @@ def evaluate(args) -> int:
     return True
 
   sets = []  # (name, fn(params, xT, mask, key), params, seed)
-  t_params = put(teacher)
   if args.curve:
     return _evaluate_curve(args, c, task, teacher, mesh, set_dir, put, run_set)
+  t_params = put(teacher)
   for i, eta in enumerate(evaluate_lib.teacher_etas(c.eval, float(c.sampler.eta))):
     group = "teacher" if i == 0 else f"teacher_eta{eta:g}"
     for nfe in (int(v) for v in c.eval.teacher_nfes):
@@ -229,10 +239,10 @@ def evaluate(args) -> int:
       sets.append((f"{group}/{nfe}", t_fn, t_params, 1000 * i + nfe))
   ib = evaluate_lib.make_ibmd(c, task)
   gens = [("untrained", lambda: run_lib.init_distill_state(c, task, teacher, mesh)[0].gen_ema)]
-  for which in ("student", "nocritic"):
+  for which in GENERATORS[1:]:  # the distilled ones, from their workdirs
     wd = os.path.join(args.root, task_name, which)
     gens.append((which, lambda wd=wd: run_lib.saved_generator(c, wd, task, teacher, mesh)))
-  for gi, (which, load) in enumerate(gens):
+  for which, load in gens:
     todo = [s for s in (int(v) for v in c.eval.student_steps)
             if not os.path.exists(os.path.join(out_dir, f"{which}_{s}.npz"))]
     if not todo:
@@ -246,7 +256,7 @@ def evaluate(args) -> int:
     for s in todo:
       def g_fn(p, xT, mk, k, s=s):
         return ib.generate(p, xT, k, mask=mk, n_steps=s)
-      sets.append((f"{which}/{s}", g_fn, params, 10_000 * (gi + 1) + s))
+      sets.append((f"{which}/{s}", g_fn, params, generator_seed(which, s)))
   for name, fn, params, seed in sets:
     if not run_set(name, fn, params, seed):
       print(f"[digits] {task_name}/eval: time is up after {time.time() - t_start:.0f} s; run "
@@ -260,9 +270,8 @@ def _evaluate_curve(args, c, task, teacher, mesh, set_dir, put, run_set) -> int:
   from ibmd_jax import run as run_lib  # pylint: disable=g-import-not-at-top
   wd = os.path.join(args.root, args.eval_task, "student")
   steps = CHECKED_STEPS[args.eval_task]
-  rounds = [r for r in checkpoint_rounds(wd)
-            if not os.path.exists(os.path.join(set_dir, f"student@{r}_{steps}.npz"))]
-  if not rounds and not checkpoint_rounds(wd):
+  kept = checkpoint_rounds(wd)
+  if not kept:
     print(f"[digits] {args.eval_task}/curve: no checkpoints in {wd}/checkpoints: run the "
           "student stage first", file=sys.stderr, flush=True)
     return 1
@@ -271,10 +280,12 @@ def _evaluate_curve(args, c, task, teacher, mesh, set_dir, put, run_set) -> int:
   def g_fn(p, xT, mk, k):
     return ib.generate(p, xT, k, mask=mk, n_steps=steps)
 
-  for r in rounds:
+  for r in kept:
+    if os.path.exists(os.path.join(set_dir, f"student@{r}_{steps}.npz")):
+      continue
     params = put(run_lib.saved_generator(c, wd, task, teacher, mesh, step=r))
     # the seed of the final evaluation's student set: the last round's file is that set again
-    if not run_set(f"student@{r}/{steps}", g_fn, params, 10_000 * 2 + steps):
+    if not run_set(f"student@{r}/{steps}", g_fn, params, generator_seed("student", steps)):
       print(f"[digits] {args.eval_task}/curve: time is up; run again to continue", flush=True)
       return bench64.EXIT_RESUME
   return 0

@@ -49,10 +49,9 @@ class Planned:
     shapes = jax.eval_shape(init, *args)
     self.shardings = shd.state_shardings(mesh, shapes)
     self.abstract = abstract(shapes, self.shardings)
-    opts = run_once_options(mesh.devices.flat[0].platform)
-    self._fn = jax.jit(init, out_shardings=self.shardings, compiler_options=opts
-                       ) if in_shardings is None else jax.jit(
-        init, in_shardings=in_shardings, out_shardings=self.shardings, compiler_options=opts)
+    kw = {} if in_shardings is None else {"in_shardings": in_shardings}
+    self._fn = jax.jit(init, out_shardings=self.shardings,
+                       compiler_options=run_once_options(mesh.devices.flat[0].platform), **kw)
     self._args = args
 
   def build(self):
