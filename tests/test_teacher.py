@@ -22,14 +22,14 @@ def test_trained_mlp_teacher_matches_exact_teacher():
   step = steps.make_teacher_step(net, b, tx, ema_decay=0.99)
 
   @jax.jit
-  def train_100(state, start):  # 100 steps in one compiled loop (1500 dispatches cost ~40 s)
+  def train_100(state, start):  # 100 steps in one compiled loop (800 dispatches cost ~20 s)
     def body(st, i):
       k = jax.random.key(i)
       x0, xT, _ = g.sample(jax.random.fold_in(k, 7), 256)
       return step(st, {"x0": x0, "xT": xT}, k)[0], None
     return jax.lax.scan(body, state, start + jnp.arange(100))[0]
 
-  for start in range(0, 1500, 100):
+  for start in range(0, 800, 100):
     state = train_100(state, start)
   exact = toy.exact_predictor(g, b, True)
   x0, xT, _ = g.sample(jax.random.key(99), 4096)
@@ -39,7 +39,8 @@ def test_trained_mlp_teacher_matches_exact_teacher():
   gap = float(jnp.mean(lam * per_sample_sq(net(state.ema, xt, t, xT), exact(None, xt, t, xT))))
   bm_floor = float(jnp.mean(lam * per_sample_sq(exact(None, xt, t, xT), x0)))
   # The exact teacher's own loss is the irreducible ≈ 2.2; the trained net is within 0.06 of it
-  # in the same weighted metric (measured ≈ 0.03 at 1500 steps, 0.013 at 3000).
+  # in the same weighted metric (measured 2026-12-07: 0.057 / 0.045 / 0.032 / 0.028 / 0.019 after
+  # 500 / 600 / 800 / 1000 / 1500 steps; its 100-NFE ED 0.0087 / 0.0075 / 0.0028 / 0.0012 / 0.0037).
   assert gap < 0.06, (gap, bm_floor)
   assert 1.5 < bm_floor < 3.0
   C, N = 8, 400
