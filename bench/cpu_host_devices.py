@@ -36,23 +36,15 @@ def measure(net: str, variant: str, repeats: int) -> dict:
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
   from bench.cpu_unet import Bench
-  from ibmd_jax import ibmd as ibmd_lib
-  from ibmd_jax import steps
-  from ibmd_jax.optim import make_optimizer
 
-  b = Bench(net, variant, 0, 0, 0)
+  b = Bench(net, variant, 0, 0, 0, compile=False)
   mesh = Mesh(np.array(jax.devices()), ("data",))
   rep = NamedSharding(mesh, P())
-  tx = make_optimizer({"name": "adam", "lr": 1e-4})
-  ib = ibmd_lib.IBMD(bridge=b.task.bridge, teacher=b.net, critic=b.net, generator=b.net,
-                     z_channels=b.z)
-  unroll = True if "unroll" in variant.split("+") else False if "scan" in variant.split("+") else None
-  _, _, round_step = steps.make_ibmd_steps(ib, tx, tx, critic_unroll=unroll)
   programs = {
       # teacher batch (B, H, W, C) split on B; round batch (L + 1, B, H, W, C) split on B
-      "teacher_step": (steps.make_teacher_step(b.net, b.task.bridge, tx),
-                       (b.tstate, b.tbatch, b.key), (rep, NamedSharding(mesh, P("data")), rep)),
-      "ibmd_round": (round_step, (b.istate, b.teacher, b.rbatch, b.key),
+      "teacher_step": (b.teacher_step_fn, (b.tstate, b.tbatch, b.key),
+                       (rep, NamedSharding(mesh, P("data")), rep)),
+      "ibmd_round": (b.round_fn, (b.istate, b.teacher, b.rbatch, b.key),
                      (rep, rep, NamedSharding(mesh, P(None, "data")), rep)),
   }
   out = {"devices": len(jax.devices()), "net": net, "variant": variant,

@@ -61,7 +61,10 @@ def _config(net: str, variant: str):
 class Bench:
   """One network and one variant: the compiled teacher step and IBMD round, with their inputs."""
 
-  def __init__(self, net: str, variant: str, teacher_batch: int, round_batch: int, seed: int):
+  def __init__(self, net: str, variant: str, teacher_batch: int, round_batch: int, seed: int,
+               compile: bool = True):  # pylint: disable=redefined-builtin
+    # compile=False: the step functions (teacher_step_fn, round_fn) and their inputs only, for a
+    # caller that compiles them itself (bench/cpu_host_devices.py, with shardings)
     c = _config(net, variant)
     self.config = c
     self.task = ImageTask(c)
@@ -81,7 +84,8 @@ class Bench:
     params = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.key(7), p.shape), params)
     gen = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.key(8), p.shape), gen)
     tx = make_optimizer({"name": "adam", "lr": 1e-4})
-    self.tstep = jax.jit(steps.make_teacher_step(self.net, bridge, tx))
+    self.teacher_step_fn = steps.make_teacher_step(self.net, bridge, tx)
+    self.tstep = jax.jit(self.teacher_step_fn)
     self.tstate = steps.teacher_state(params, tx)
     kb = jax.random.fold_in(key, 2)
     self.tbatch = {"x0": jax.random.normal(kb, (self.tb, size, size, ch)),
@@ -90,19 +94,21 @@ class Bench:
                        z_channels=self.z)
     parts = variant.split("+")
     unroll = True if "unroll" in parts else False if "scan" in parts else None
-    _, _, round_step = steps.make_ibmd_steps(ib, tx, tx, critic_unroll=unroll)
-    self.round = jax.jit(round_step)
+    _, _, self.round_fn = steps.make_ibmd_steps(ib, tx, tx, critic_unroll=unroll)
+    self.round = jax.jit(self.round_fn)
     self.teacher = params
     self.istate = steps.ibmd_state(gen, params, tx, tx)
     self.rbatch = {"xT": jax.random.normal(jax.random.fold_in(kb, 2),
                                            (self.L + 1, self.rb, size, size, ch))}
     self.key = jax.random.fold_in(key, 3)
+    self.cfg = dict(c.model)
+    self.size, self.ch = size, ch
+    if not compile:
+      return
     t0 = time.perf_counter()
     self.tstep = self.tstep.lower(self.tstate, self.tbatch, self.key).compile()
     self.round = self.round.lower(self.istate, self.teacher, self.rbatch, self.key).compile()
     self.compile_s = time.perf_counter() - t0
-    self.cfg = dict(c.model)
-    self.size, self.ch = size, ch
 
   def teacher_step(self):
     return self.tstep(self.tstate, self.tbatch, self.key)  # same state each time: no drift
